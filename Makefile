@@ -1,0 +1,31 @@
+# The two commands of a fresh machine: `make run` and `make test` (each creates .venv when missing).
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+# Pinned so pip takes the local CPU build instead of a multi-GB CUDA one.
+TORCH   := torch==2.13.0
+DATA    ?= $(abspath ../shared/data)
+
+.PHONY: run test lint venv clean
+
+$(BIN)/poisonlab: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+venv: $(BIN)/poisonlab
+
+run: venv
+	$(BIN)/poisonlab run --out runs/default
+
+test: venv
+	$(BIN)/ruff check src tests benchmarks
+	POISONLAB_DATA=$(DATA) $(BIN)/python -m pytest -q
+
+lint: venv
+	$(BIN)/ruff check src tests benchmarks
+
+clean:
+	rm -rf runs .pytest_cache

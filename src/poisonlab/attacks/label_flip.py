@@ -1,0 +1,75 @@
+"""Label flipping (seed 000 section 2.1; seed 001's baseline row): the simplest dirty-label poisoning."""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field, model_validator
+from torch import nn
+
+from poisonlab.attacks.base import Attack, poison_count
+from poisonlab.data import Dataset
+from poisonlab.errors import ConfigError
+from poisonlab.poison import AttackGoal, PoisonedDataset
+from poisonlab.registry import register
+from poisonlab.training import predict
+
+
+class _Budget(Attack):
+    fraction: float | None = Field(None, gt=0, le=1, description="fraction of the eligible rows to flip")
+    count: int | None = Field(None, ge=1, description="number of rows to flip (instead of a fraction)")
+
+    @model_validator(mode="after")
+    def _one_budget(self):
+        if (self.fraction is None) == (self.count is None):
+            raise ValueError("give exactly one of fraction and count")
+        return self
+
+
+@register("attack", "label_flip_targeted")
+class TargetedLabelFlip(_Budget):
+    """Relabel a fraction or a count of class `source` as class `target` (seed 000 flips MNIST 3 -> 9)."""
+
+    source: int = Field(3, ge=0, description="class whose rows are relabelled")
+    target: int = Field(9, ge=0, description="label they are given")
+
+    @model_validator(mode="after")
+    def _distinct(self):
+        if self.source == self.target:
+            raise ValueError("source and target must differ")
+        return self
+
+    def craft(self, train: Dataset, *, generator: torch.Generator, victim: nn.Module | None = None):
+        for cls in (self.source, self.target):
+            if cls >= train.num_classes:
+                raise ConfigError(f"label_flip_targeted: class {cls} is not in {train.name or 'the data'}")
+        eligible = (train.y == self.source).nonzero().flatten()
+        n = poison_count(
+            len(eligible), self.fraction, self.count, f"label_flip_targeted on class {self.source}"
+        )
+        idx = eligible[torch.randperm(len(eligible), generator=generator)[:n]]
+        y = train.y.clone()
+        y[idx] = self.target
+        goal = AttackGoal(self.name, self.model_dump(), adversarial_label=self.target)
+        return PoisonedDataset.from_rows(train, train.with_labels(y), idx, goal)
+
+    def evaluate(self, model: nn.Module, test: Dataset, goal: AttackGoal) -> dict[str, float]:
+        """success_rate: fraction of test rows of `source` classified as `target`."""
+        rows = test.y == self.source
+        if not rows.any():
+            return {}
+        pred = predict(model, test.x[rows]).argmax(1)
+        return {"success_rate": (pred == self.target).float().mean().item()}
+
+
+@register("attack", "label_flip_random")
+class RandomLabelFlip(_Budget):
+    """Relabel random rows, each to a label drawn uniformly among the other classes."""
+
+    def craft(self, train: Dataset, *, generator: torch.Generator, victim: nn.Module | None = None):
+        n = poison_count(len(train), self.fraction, self.count, "label_flip_random")
+        idx = torch.randperm(len(train), generator=generator)[:n]
+        shift = torch.randint(1, train.num_classes, (n,), generator=generator)
+        y = train.y.clone()
+        y[idx] = (y[idx] + shift) % train.num_classes
+        goal = AttackGoal(self.name, self.model_dump())
+        return PoisonedDataset.from_rows(train, train.with_labels(y), idx, goal)

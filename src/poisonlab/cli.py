@@ -1,0 +1,119 @@
+"""The ``poisonlab`` command: ``run [CONFIG] [--out DIR]`` and ``list``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from poisonlab.errors import PoisonlabError
+
+
+def _json_default(value):
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def _clean_floats(obj):
+    """NaN and infinity are not JSON: write them as null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean_floats(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_clean_floats(v) for v in obj]
+    return obj
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file, so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def cmd_run(args) -> int:
+    from poisonlab.experiment import load_config, report_views, run_experiment
+    from poisonlab.report import render_report
+
+    if args.data_root:
+        os.environ["POISONLAB_DATA"] = str(args.data_root)
+    config = load_config(args.config, seed=args.seed, trials=args.trials)
+    out = Path(args.out) if args.out else Path("runs") / config.name
+    progress = not args.quiet and sys.stderr.isatty()
+    print(f"poisonlab: running {config.name!r} ({config.trials} trial(s)) -> {out}", file=sys.stderr)
+    result = run_experiment(config, progress=progress)
+    results = _clean_floats(result.results)
+    html = render_report(results, report_views(result, config.report_top_k), history=results.get("history"))
+    write_atomic(out / "results.json", json.dumps(results, indent=2, default=_json_default) + "\n")
+    write_atomic(out / "report.html", html)
+    width = max(len(k) for k in results["metrics"]) if results["metrics"] else 10
+    for key, value in results["metrics"].items():
+        if not key.endswith((".threshold", ".flagged_fraction")):
+            shown = "n/a" if value is None else f"{value:.4f}"
+            print(f"  {key:<{width}}  {shown}")
+    print(f"poisonlab: wrote {out / 'results.json'} and {out / 'report.html'}", file=sys.stderr)
+    return 0
+
+
+def cmd_list(args) -> int:
+    from poisonlab.models import MODELS
+    from poisonlab.registry import describe
+
+    print("models:")
+    for name, (_, summary) in MODELS.items():
+        print(f"  {name:<22} {summary}")
+    kind = None
+    for row_kind, name, summary, params in describe():
+        if row_kind != kind:
+            kind = row_kind
+            print(f"{kind}s:")
+        print(f"  {name:<22} {summary}")
+        if args.verbose:
+            for param, text in params.items():
+                print(f"      {param}: {text}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="poisonlab", description="Training-data poisoning experiments.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run an experiment config (default: the bundled digits demo)")
+    run.add_argument("config", nargs="?", help="YAML experiment config")
+    run.add_argument("--out", help="output folder (default: runs/NAME)")
+    run.add_argument("--data-root", help="folder holding the data sets (default: $POISONLAB_DATA)")
+    run.add_argument("--seed", type=int, help="override the config's seed")
+    run.add_argument("--trials", type=int, help="override the config's number of trials")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.set_defaults(func=cmd_run)
+    lst = sub.add_parser("list", help="list every registered model and method")
+    lst.add_argument("-v", "--verbose", action="store_true", help="also list each method's parameters")
+    lst.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except PoisonlabError as err:
+        print(f"poisonlab: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("poisonlab: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,678 @@
+"""Datasets: an immutable image/label container, loaders for standard files, and seeded stratified splits.
+
+Every loader validates what it reads and raises :class:`~poisonlab.errors.DataError` with a one-line message
+naming the file and the problem; nothing is ever loaded with pickle.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import zipfile
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from poisonlab.errors import DataError
+
+__all__ = [
+    "CIFAR10_CLASSES",
+    "DATASET_NAMES",
+    "Dataset",
+    "load_cifar10",
+    "load_dataset",
+    "load_digits",
+    "load_image_folder",
+    "load_mnist",
+    "load_npz",
+    "stratified_subset",
+    "train_test_split",
+]
+
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)  # fmt: skip
+DIGIT_CLASSES = tuple(str(i) for i in range(10))
+DATASET_NAMES = ("digits", "mnist", "cifar10", "folder", "npz")
+SPLITS = ("train", "test")
+
+_IDX_IMAGES_MAGIC = 2051
+_IDX_LABELS_MAGIC = 2049
+_CIFAR_RECORD = 1 + 3 * 32 * 32
+_IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg"})
+
+
+def _one_line(text: str) -> str:
+    """Collapse whitespace runs (newlines included) so an error message stays on one line."""
+    return " ".join(str(text).split())
+
+
+def _fail(where: object, what: str) -> DataError:
+    return DataError(_one_line(f"{where}: {what}"))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Dataset
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """Images ``x`` (float32, (N, C, H, W), values in [0, 1]) with labels ``y`` (int64, (N,)) and class names.
+
+    Validated on construction; operations return new datasets whose tensors never alias the parent's.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    classes: tuple[str, ...]
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        self._check(check_x=True)
+
+    def _check(self, *, check_x: bool) -> None:
+        where = f"dataset {self.name!r}" if self.name else "dataset"
+        x, y, classes = self.x, self.y, self.classes
+        if isinstance(x, np.ndarray):
+            x = torch.from_numpy(np.ascontiguousarray(x))
+        if isinstance(y, np.ndarray):
+            y = torch.from_numpy(np.ascontiguousarray(y))
+        if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+            raise _fail(where, f"x and y must be tensors, got {type(x).__name__} and {type(y).__name__}")
+        if x.ndim != 4 or not x.is_floating_point():
+            raise _fail(where, f"x must be a 4-D float tensor (N, C, H, W), got {x.ndim}-D {x.dtype}")
+        if y.ndim != 1 or y.dtype == torch.bool or y.is_floating_point() or y.is_complex():
+            raise _fail(where, f"y must be a 1-D integer tensor, got {y.ndim}-D {y.dtype}")
+        if x.shape[0] != y.shape[0]:
+            raise _fail(where, f"x has {x.shape[0]} rows but y has {y.shape[0]}")
+        if isinstance(classes, str) or not isinstance(classes, Sequence):
+            raise _fail(where, f"classes must be a sequence of names, got {type(classes).__name__}")
+        classes = tuple(str(c) for c in classes)
+        if not classes:
+            raise _fail(where, "classes is empty")
+        if len(set(classes)) != len(classes):
+            raise _fail(where, f"duplicate class names in {list(classes)}")
+        if x.dtype != torch.float32:
+            x = x.to(torch.float32)
+        if y.dtype != torch.int64:
+            y = y.to(torch.int64)
+        if check_x and x.numel():
+            if not bool(torch.isfinite(x).all()):
+                raise _fail(where, "x contains NaN or inf")
+            lo, hi = torch.aminmax(x)
+            if lo.item() < 0.0 or hi.item() > 1.0:
+                raise _fail(
+                    where, f"x values must be in [0, 1], found min {lo.item():.4g}, max {hi.item():.4g}"
+                )
+        if y.numel():
+            lo, hi = torch.aminmax(y)
+            if lo.item() < 0 or hi.item() >= len(classes):
+                bad = int(lo.item()) if lo.item() < 0 else int(hi.item())
+                raise _fail(where, f"label {bad} out of range for {len(classes)} classes")
+        object.__setattr__(self, "x", x)
+        object.__setattr__(self, "y", y)
+        object.__setattr__(self, "classes", classes)
+        object.__setattr__(self, "name", str(self.name))
+
+    @classmethod
+    def _trusted(cls, x: torch.Tensor, y: torch.Tensor, classes: tuple[str, ...], name: str) -> Dataset:
+        """Build from parts known to be valid (e.g. rows of a valid dataset), skipping the pixel scan."""
+        obj = object.__new__(cls)
+        for key, value in (("x", x), ("y", y), ("classes", classes), ("name", name)):
+            object.__setattr__(obj, key, value)
+        return obj
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def __repr__(self) -> str:
+        return (
+            f"Dataset(name={self.name!r}, n={len(self)}, input_shape={self.input_shape}, "
+            f"num_classes={self.num_classes}, device={self.x.device})"
+        )
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        c, h, w = self.x.shape[1:]
+        return int(c), int(h), int(w)
+
+    def _index(self, idx) -> torch.Tensor:
+        """Normalise ``idx`` (ints or a bool mask) to an int64 index tensor on the data's device."""
+        where = f"dataset {self.name!r}" if self.name else "dataset"
+        if isinstance(idx, torch.Tensor):
+            t = idx.detach().to("cpu")
+        else:
+            arr = np.asarray(idx)
+            if arr.size == 0:
+                arr = arr.astype(np.int64)
+            if arr.dtype.kind not in "iub":
+                raise _fail(where, f"subset index must be integers or a bool mask, got dtype {arr.dtype}")
+            t = torch.from_numpy(np.ascontiguousarray(arr))
+        if t.ndim != 1:
+            raise _fail(where, f"subset index must be 1-D, got shape {tuple(t.shape)}")
+        if t.dtype == torch.bool:
+            if t.shape[0] != len(self):
+                raise _fail(where, f"bool mask has length {t.shape[0]}, dataset has {len(self)} rows")
+            t = torch.nonzero(t).flatten()
+        elif t.is_floating_point() or t.is_complex():
+            raise _fail(where, f"subset index must be integers or a bool mask, got dtype {t.dtype}")
+        t = t.to(torch.int64)
+        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= len(self)):
+            bad = int(t.min()) if int(t.min()) < 0 else int(t.max())
+            raise _fail(where, f"subset index {bad} out of range for {len(self)} rows")
+        return t.to(self.x.device)
+
+    def subset(self, idx) -> Dataset:
+        """Rows ``idx`` (tensor/array/list of ints, or a bool mask) as a new dataset holding copies."""
+        t = self._index(idx)
+        x = self.x.index_select(0, t)
+        y = self.y.index_select(0, t.to(self.y.device))
+        return Dataset._trusted(x, y, self.classes, self.name)
+
+    def with_labels(self, y) -> Dataset:
+        """The same images (cloned) with new labels ``y`` (validated: 1-D ints, length N, in range)."""
+        if not isinstance(y, torch.Tensor):
+            arr = np.asarray(y)
+            if arr.dtype.kind not in "iu":
+                where = f"dataset {self.name!r}" if self.name else "dataset"
+                raise _fail(where, f"labels must be integers, got dtype {arr.dtype}")
+            y = torch.from_numpy(np.ascontiguousarray(arr))
+        out = Dataset._trusted(self.x.clone(), y.detach().clone().to(self.y.device), self.classes, self.name)
+        out._check(check_x=False)
+        return out
+
+    def class_counts(self) -> np.ndarray:
+        """Number of rows per class, an int64 array of length ``num_classes``."""
+        return np.bincount(self.y.cpu().numpy(), minlength=self.num_classes).astype(np.int64)
+
+    def to(self, device) -> Dataset:
+        """The dataset with both tensors on ``device`` (shared, as in torch, when already there)."""
+        return Dataset._trusted(self.x.to(device), self.y.to(device), self.classes, self.name)
+
+
+def _from_uint8(x: np.ndarray) -> torch.Tensor:
+    """uint8 array -> float32 tensor scaled to [0, 1] (one copy)."""
+    return torch.from_numpy(x.astype(np.float32)).div_(255.0)
+
+
+# ----------------------------------------------------------------------------------------------------
+# scikit-learn digits
+
+
+def load_digits(name: str = "digits") -> Dataset:
+    """scikit-learn's 8x8 digits: 1,797 images (1, 8, 8), pixel values 0..16 scaled to [0, 1]."""
+    from sklearn.datasets import load_digits as _sk_load_digits
+
+    bunch = _sk_load_digits()
+    images = np.asarray(bunch.images, dtype=np.float32)
+    if images.ndim != 3 or images.min() < 0 or images.max() > 16:
+        raise _fail("sklearn load_digits", f"unexpected images: shape {images.shape}")
+    x = torch.from_numpy(images / np.float32(16.0)).unsqueeze(1)
+    y = torch.from_numpy(np.asarray(bunch.target, dtype=np.int64))
+    return Dataset(x, y, DIGIT_CLASSES, name)
+
+
+# ----------------------------------------------------------------------------------------------------
+# MNIST (IDX files)
+
+
+def _read_bytes(path: Path) -> bytes:
+    """The file's bytes, gunzipped when its name ends in .gz; any failure is a DataError naming the file."""
+    path = Path(path)
+    gz = path.suffix == ".gz"
+    try:
+        if gz:
+            with gzip.open(path, "rb") as f:
+                return f.read()
+        return path.read_bytes()
+    except FileNotFoundError as exc:
+        raise _fail(path, "file not found") from exc
+    except (OSError, EOFError, zlib.error) as exc:
+        if gz and not isinstance(exc, (IsADirectoryError, PermissionError)):
+            raise _fail(path, f"corrupt gzip file ({type(exc).__name__}: {exc})") from exc
+        raise _fail(path, f"cannot read file ({type(exc).__name__}: {exc})") from exc
+
+
+def _idx_header(buf: bytes, path: Path, magic: int, ndims: int) -> tuple[int, ...]:
+    header = 4 + 4 * ndims
+    if len(buf) < header:
+        raise _fail(path, f"truncated: expected at least {header} header bytes, found {len(buf)}")
+    found = int.from_bytes(buf[:4], "big")
+    if found != magic:
+        kind = "images" if magic == _IDX_IMAGES_MAGIC else "labels"
+        raise _fail(path, f"bad magic number {found} (expected {magic} for an IDX {kind} file)")
+    dims = tuple(int.from_bytes(buf[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndims))
+    expected = int(np.prod(dims, dtype=np.int64))
+    present = len(buf) - header
+    if present < expected:
+        raise _fail(path, f"truncated: expected {expected} bytes, found {present}")
+    if present > expected:
+        raise _fail(path, f"{present - expected} unexpected trailing bytes after {expected} bytes of data")
+    return dims
+
+
+def _read_idx_images(path: Path) -> torch.Tensor:
+    buf = _read_bytes(path)
+    n, rows, cols = _idx_header(buf, path, _IDX_IMAGES_MAGIC, 3)
+    if n == 0 or rows == 0 or cols == 0:
+        raise _fail(path, f"empty IDX images file ({n} images of {rows}x{cols})")
+    arr = np.frombuffer(buf, dtype=np.uint8, count=n * rows * cols, offset=16)
+    return _from_uint8(arr.reshape(n, 1, rows, cols))
+
+
+def _read_idx_labels(path: Path, num_classes: int) -> torch.Tensor:
+    buf = _read_bytes(path)
+    (n,) = _idx_header(buf, path, _IDX_LABELS_MAGIC, 1)
+    labels = np.frombuffer(buf, dtype=np.uint8, count=n, offset=8)
+    bad = np.flatnonzero(labels >= num_classes)
+    if bad.size:
+        i = int(bad[0])
+        raise _fail(path, f"label {int(labels[i])} at index {i} out of range 0..{num_classes - 1}")
+    return torch.from_numpy(labels.astype(np.int64))
+
+
+def _find_idx(folder: Path, stem: str, kind: str) -> Path | None:
+    """``stem``-idxN-ubyte (or the dotted ``stem.idxN-ubyte`` variant), uncompressed or .gz, in ``folder``."""
+    for base in (f"{stem}-{kind}", f"{stem}.{kind}"):
+        for name in (base, base + ".gz"):
+            if (folder / name).is_file():
+                return folder / name
+    return None
+
+
+def _check_split(split: str, where: object) -> str:
+    if split not in SPLITS:
+        raise _fail(where, f"unknown split {split!r} (expected one of {', '.join(SPLITS)})")
+    return split
+
+
+def _check_root(root) -> Path:
+    if root is None:
+        raise DataError("no data root given: pass root or set POISONLAB_DATA")
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise _fail(root, "data folder not found")
+    if not root.is_dir():
+        raise _fail(root, "not a folder")
+    return root
+
+
+def load_mnist(root, split: str = "train") -> Dataset:
+    """MNIST from the standard IDX files (gzip or uncompressed): (N, 1, 28, 28), classes "0".."9".
+
+    ``root`` is the folder holding the files, or a parent holding ``raw/`` or ``MNIST/raw/``.
+    """
+    root = _check_root(root)
+    _check_split(split, root)
+    stem = "train" if split == "train" else "t10k"
+    candidates = [root, root / "raw", root / "MNIST" / "raw"]
+    for folder in candidates:
+        images_path = _find_idx(folder, f"{stem}-images", "idx3-ubyte")
+        if images_path is not None:
+            break
+    else:
+        raise _fail(
+            root,
+            f"no MNIST {split} images ({stem}-images-idx3-ubyte or .gz) found in "
+            + ", ".join(str(c) for c in candidates),
+        )
+    labels_path = _find_idx(images_path.parent, f"{stem}-labels", "idx1-ubyte")
+    if labels_path is None:
+        raise _fail(images_path.parent / f"{stem}-labels-idx1-ubyte.gz", "file not found")
+    x = _read_idx_images(images_path)
+    y = _read_idx_labels(labels_path, 10)
+    if x.shape[0] != y.shape[0]:
+        raise _fail(images_path, f"holds {x.shape[0]} images but {labels_path} holds {y.shape[0]} labels")
+    return Dataset(x, y, DIGIT_CLASSES, "mnist")
+
+
+# ----------------------------------------------------------------------------------------------------
+# CIFAR-10 (binary version)
+
+
+def _cifar_classes(folder: Path) -> tuple[str, ...]:
+    meta = folder / "batches.meta.txt"
+    if not meta.is_file():
+        return CIFAR10_CLASSES
+    try:
+        text = meta.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _fail(meta, f"cannot read class names ({type(exc).__name__}: {exc})") from exc
+    names = tuple(line.strip() for line in text.splitlines() if line.strip())
+    if not names:
+        raise _fail(meta, "holds no class names")
+    if len(set(names)) != len(names):
+        raise _fail(meta, "duplicate class names")
+    return names
+
+
+def _cifar_batches(folder: Path, split: str) -> list[Path]:
+    if split == "test":
+        path = folder / "test_batch.bin"
+        return [path] if path.is_file() else []
+    found = []
+    for path in folder.glob("data_batch_*.bin"):
+        m = re.fullmatch(r"data_batch_(\d+)\.bin", path.name)
+        if m and path.is_file():
+            found.append((int(m.group(1)), path))
+    return [path for _, path in sorted(found)]
+
+
+def _read_cifar_batch(path: Path, num_classes: int) -> np.ndarray:
+    """The records of one batch file as a uint8 array (n, 3073)."""
+    buf = _read_bytes(path)
+    if len(buf) == 0:
+        raise _fail(path, "empty file")
+    if len(buf) % _CIFAR_RECORD:
+        whole = len(buf) // _CIFAR_RECORD
+        raise _fail(
+            path,
+            f"truncated: {len(buf)} bytes is not a multiple of the {_CIFAR_RECORD}-byte record "
+            f"(expected {(whole + 1) * _CIFAR_RECORD} bytes for {whole + 1} records, found {len(buf)})",
+        )
+    records = np.frombuffer(buf, dtype=np.uint8).reshape(-1, _CIFAR_RECORD)
+    bad = np.flatnonzero(records[:, 0] >= num_classes)
+    if bad.size:
+        i = int(bad[0])
+        raise _fail(path, f"label {int(records[i, 0])} in record {i} out of range for {num_classes} classes")
+    return records
+
+
+def load_cifar10(root, split: str = "train") -> Dataset:
+    """CIFAR-10 from the binary batches: train = every data_batch_*.bin (by number), test = test_batch.bin.
+
+    ``root`` is the batches folder or a parent holding ``cifar-10-batches-bin/`` or
+    ``cifar-10-subset-batches-bin/``. Class names come from batches.meta.txt (else the official ten).
+    """
+    root = _check_root(root)
+    _check_split(split, root)
+    candidates = [root, root / "cifar-10-batches-bin", root / "cifar-10-subset-batches-bin"]
+    for folder in candidates:
+        paths = _cifar_batches(folder, split)
+        if paths:
+            break
+    else:
+        wanted = "test_batch.bin" if split == "test" else "data_batch_*.bin"
+        raise _fail(root, f"no CIFAR-10 {wanted} found in " + ", ".join(str(c) for c in candidates))
+    classes = _cifar_classes(folder)
+    records = [_read_cifar_batch(p, len(classes)) for p in paths]
+    data = records[0] if len(records) == 1 else np.concatenate(records)
+    del records
+    y = torch.from_numpy(data[:, 0].astype(np.int64))
+    x = _from_uint8(data[:, 1:].reshape(-1, 3, 32, 32))
+    return Dataset(x, y, classes, "cifar10")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Image folder
+
+
+def _decode_image(path: Path, grayscale: bool | None, size: tuple[int, int] | None) -> np.ndarray:
+    """One image as float32 (H, W, C) in [0, 1]; C is 1 for grey sources when ``grayscale`` is None."""
+    from PIL import Image
+
+    bilinear = getattr(Image, "Resampling", Image).BILINEAR
+    try:
+        with Image.open(path) as img:
+            img.load()
+            mode = img.mode
+            sixteen = mode.startswith("I")
+            if sixteen:
+                img = img.convert("F")
+                scale = 65535.0
+            else:
+                grey_src = mode in ("1", "L", "LA", "I", "F")
+                grey = grayscale if grayscale is not None else grey_src
+                img = img.convert("L" if grey else "RGB")
+                scale = 255.0
+            if size is not None and img.size != (size[1], size[0]):
+                img = img.resize((size[1], size[0]), bilinear)
+            arr = np.asarray(img, dtype=np.float32)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise _fail(path, f"cannot decode image ({type(exc).__name__}: {exc})") from exc
+    if sixteen:
+        if arr.size and (arr.min() < 0 or arr.max() > scale):
+            raise _fail(path, f"{mode} pixel values outside 0..65535")
+        arr = arr[:, :, None]
+        if grayscale is False:
+            arr = np.repeat(arr, 3, axis=2)
+    elif arr.ndim == 2:
+        arr = arr[:, :, None]
+    return arr / np.float32(scale)
+
+
+def load_image_folder(root, *, size: tuple[int, int] | None = None, grayscale: bool | None = None) -> Dataset:
+    """Images in ``root/<class>/<image>.png|jpg|jpeg``; classes are the sorted sub-folder names.
+
+    All images must share one size unless ``size=(H, W)`` is given (then each is resized). ``grayscale``
+    None keeps one channel when every image is grey and three otherwise; True/False force L/RGB.
+    Hidden files and folders (names starting with ".") and other extensions are ignored.
+    """
+    root = _check_root(root)
+    if size is not None:
+        if (
+            not isinstance(size, Sequence)
+            or len(size) != 2
+            or not all(isinstance(s, (int, np.integer)) and s > 0 for s in size)
+        ):
+            raise _fail(root, f"size must be (height, width) of positive ints, got {size!r}")
+        size = (int(size[0]), int(size[1]))
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise _fail(root, "no class sub-folders (expected root/<class>/<image>.png)")
+    files: list[Path] = []
+    labels: list[int] = []
+    for label, class_dir in enumerate(class_dirs):
+        for path in sorted(class_dir.iterdir()):
+            if path.suffix.lower() in _IMAGE_EXTS and not path.name.startswith(".") and path.is_file():
+                files.append(path)
+                labels.append(label)
+    if not files:
+        raise _fail(root, "no .png/.jpg/.jpeg images in its class sub-folders")
+    arrays: list[np.ndarray] = []
+    for path in files:
+        arr = _decode_image(path, grayscale, size)
+        if arrays and arr.shape[:2] != arrays[0].shape[:2]:
+            h, w = arr.shape[:2]
+            h0, w0 = arrays[0].shape[:2]
+            raise _fail(
+                path, f"image is {w}x{h} (WxH) but {files[0]} is {w0}x{h0}; pass size=(H, W) to resize"
+            )
+        arrays.append(arr)
+    if grayscale is None and len({a.shape[2] for a in arrays}) > 1:
+        arrays = [np.repeat(a, 3, axis=2) if a.shape[2] == 1 else a for a in arrays]
+    x = torch.from_numpy(np.stack(arrays).transpose(0, 3, 1, 2).copy())
+    y = torch.tensor(labels, dtype=torch.int64)
+    return Dataset(x, y, tuple(p.name for p in class_dirs), root.name)
+
+
+# ----------------------------------------------------------------------------------------------------
+# .npz arrays
+
+
+def _npz_images(x: np.ndarray, path: Path) -> torch.Tensor:
+    if x.ndim == 3:
+        x = x[:, None, :, :]
+    elif x.shape[1] > 4:
+        if x.shape[3] > 4:
+            raise _fail(
+                path, f"x has shape {x.shape}: cannot tell the channel axis (1 to 4 channels first or last)"
+            )
+        # (N, H, W, C) -> (N, C, H, W); (N, C, H, W) is kept as is, and wins when both axes are <= 4
+        x = x.transpose(0, 3, 1, 2)
+    x = np.ascontiguousarray(x)
+    if x.dtype == np.uint8:
+        return _from_uint8(x)
+    if x.dtype.kind != "f":
+        raise _fail(path, f"x has dtype {x.dtype}: expected uint8 (0..255) or float in [0, 1]")
+    if not np.isfinite(x).all():
+        raise _fail(path, "x contains NaN or inf")
+    if x.size and (x.min() < 0 or x.max() > 1):
+        raise _fail(path, f"float x must be in [0, 1], found min {x.min():.4g}, max {x.max():.4g}")
+    return torch.from_numpy(x.astype(np.float32, copy=False))
+
+
+def load_npz(path) -> Dataset:
+    """Arrays ``x`` ((N,H,W), (N,H,W,C) or (N,C,H,W); uint8 or float in [0, 1]) and ``y`` from an .npz file.
+
+    An optional ``classes`` array of strings names the classes; otherwise they are "0".."max(y)".
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise _fail(path, "file not found" if not path.exists() else "not a file")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        raise _fail(path, f"cannot read file ({type(exc).__name__}: {exc})") from exc
+    if head not in (b"PK\x03\x04", b"PK\x05\x06"):
+        raise _fail(path, "not an .npz archive (expected a zip of named arrays x and y)")
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zlib.error, zipfile.BadZipFile) as exc:
+        raise _fail(path, f"cannot read .npz ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise _fail(path, "not an .npz archive (expected named arrays x and y)")
+    with npz:
+        keys = set(npz.files)
+        for key in ("x", "y"):
+            if key not in keys:
+                raise _fail(path, f"missing array {key!r} (arrays present: {sorted(keys)})")
+        try:
+            x, y = npz["x"], npz["y"]
+            names = npz["classes"] if "classes" in keys else None
+        except (OSError, ValueError, EOFError, zlib.error, zipfile.BadZipFile) as exc:
+            raise _fail(path, f"cannot read .npz ({type(exc).__name__}: {exc})") from exc
+    if x.ndim not in (3, 4):
+        raise _fail(
+            path, f"x must be (N, H, W), (N, H, W, C) or (N, C, H, W), got {x.ndim}-D shape {x.shape}"
+        )
+    if y.ndim != 1:
+        raise _fail(path, f"y must be 1-D, got shape {y.shape}")
+    if y.dtype.kind not in "iu":
+        raise _fail(path, f"y must hold integers, got dtype {y.dtype}")
+    if x.shape[0] != y.shape[0]:
+        raise _fail(path, f"x has {x.shape[0]} rows but y has {y.shape[0]}")
+    if y.shape[0] == 0:
+        raise _fail(path, "holds no samples")
+    if (y < 0).any():
+        i = int(np.flatnonzero(y < 0)[0])
+        raise _fail(path, f"negative label {int(y[i])} at index {i}")
+    if names is not None:
+        if names.ndim != 1 or names.dtype.kind not in "US" or names.size == 0:
+            raise _fail(
+                path, f"classes must be a non-empty 1-D array of strings, got {names.dtype} {names.shape}"
+            )
+        classes = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names.tolist())
+        if int(y.max()) >= len(classes):
+            raise _fail(path, f"label {int(y.max())} out of range for {len(classes)} classes")
+    else:
+        classes = tuple(str(i) for i in range(int(y.max()) + 1))
+    xt = _npz_images(x, path)
+    yt = torch.from_numpy(y.astype(np.int64))
+    try:
+        return Dataset(xt, yt, classes, path.stem)
+    except DataError as exc:
+        raise _fail(path, str(exc)) from exc
+
+
+# ----------------------------------------------------------------------------------------------------
+# Dispatch
+
+
+def load_dataset(name: str, root=None, split: str = "train") -> Dataset:
+    """Load ``name`` (digits, mnist, cifar10, folder, npz); ``root`` defaults to $POISONLAB_DATA.
+
+    digits and folder have a single split: asking for split="test" is an error (use train_test_split).
+    For npz, ``root`` is the file, or a folder holding ``<split>.npz``.
+    """
+    key = str(name).strip().lower()
+    if key not in DATASET_NAMES:
+        raise DataError(f"unknown dataset {name!r} (known: {', '.join(DATASET_NAMES)})")
+    if split not in SPLITS:
+        raise DataError(f"dataset {key}: unknown split {split!r} (expected one of {', '.join(SPLITS)})")
+    if key == "digits":
+        if split != "train":
+            raise DataError("dataset digits has no separate test split: use train_test_split")
+        return load_digits()
+    if root is None:
+        root = os.environ.get("POISONLAB_DATA") or None
+        if root is None:
+            raise DataError(f"dataset {key}: no data root given: pass root or set POISONLAB_DATA")
+    if key == "mnist":
+        return load_mnist(root, split)
+    if key == "cifar10":
+        return load_cifar10(root, split)
+    if key == "folder":
+        if split != "train":
+            raise _fail(root, "an image folder has no separate test split: use train_test_split")
+        return load_image_folder(root)
+    path = Path(root).expanduser()
+    return load_npz(path / f"{split}.npz" if path.is_dir() else path)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Stratified, seeded splits
+
+
+def _allocate(counts: np.ndarray, n: int) -> np.ndarray:
+    """Split ``n`` over classes in proportion to ``counts`` by largest remainder (ties: lower class first)."""
+    total = int(counts.sum())
+    exact = counts.astype(np.int64) * n
+    base = exact // total
+    remainder = exact - base * total
+    extra = n - int(base.sum())
+    order = np.argsort(-remainder, kind="stable")
+    base[order[:extra]] += 1
+    return base
+
+
+def _stratified_pick(y: np.ndarray, n: int, num_classes: int, seed: int) -> np.ndarray:
+    """Sorted indices of ``n`` rows drawn per class in proportion to the class counts."""
+    counts = np.bincount(y, minlength=num_classes)
+    quota = _allocate(counts, n)
+    rng = np.random.default_rng(seed)
+    picked = []
+    for c in range(num_classes):
+        if quota[c]:
+            members = np.flatnonzero(y == c)
+            picked.append(rng.permutation(members)[: quota[c]])
+    if not picked:
+        return np.zeros(0, dtype=np.int64)
+    return np.sort(np.concatenate(picked))
+
+
+def train_test_split(data: Dataset, test_fraction: float = 0.25, *, seed: int = 0) -> tuple[Dataset, Dataset]:
+    """Stratified, seeded split into (train, test); each class's test share is within one row of exact."""
+    where = f"dataset {data.name!r}" if data.name else "dataset"
+    if not 0.0 < float(test_fraction) < 1.0:
+        raise _fail(where, f"test_fraction must be in (0, 1), got {test_fraction}")
+    n_test = int(round(len(data) * float(test_fraction)))
+    if n_test == 0 or n_test == len(data):
+        raise _fail(where, f"{len(data)} rows are too few to split with test_fraction={test_fraction}")
+    y = data.y.cpu().numpy()
+    test_idx = _stratified_pick(y, n_test, data.num_classes, seed)
+    mask = np.ones(len(data), dtype=bool)
+    mask[test_idx] = False
+    return data.subset(np.flatnonzero(mask)), data.subset(test_idx)
+
+
+def stratified_subset(data: Dataset, n: int, *, seed: int = 0) -> Dataset:
+    """``n`` rows, seeded, with class proportions preserved by largest-remainder rounding (original order)."""
+    where = f"dataset {data.name!r}" if data.name else "dataset"
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise _fail(where, f"n must be an integer, got {n!r}")
+    if n < 0 or n > len(data):
+        raise _fail(where, f"cannot take {n} rows from {len(data)}")
+    if n == 0:
+        return data.subset([])
+    return data.subset(_stratified_pick(data.y.cpu().numpy(), int(n), data.num_classes, seed))

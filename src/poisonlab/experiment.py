@@ -1,0 +1,325 @@
+"""Experiments: a validated config -> data -> attacks -> victim -> detectors -> metrics and report views.
+
+One ``seed`` fixes every random choice: trial ``t`` uses ``seed + t`` for the attack's choices, the
+model's initial weights, the training order and the detectors' draws, so a config repeats exactly on
+the CPU. Metrics are flat dotted names (``victim.clean_accuracy``, ``detection.tracin_self.auroc``),
+averaged over trials with their standard deviation.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+import poisonlab
+from poisonlab import data as datalib
+from poisonlab.attacks import Attack
+from poisonlab.detection import Detector
+from poisonlab.errors import ConfigError
+from poisonlab.metrics import aggregate, detection_metrics, mad_threshold
+from poisonlab.models import MODELS, build_model
+from poisonlab.poison import PoisonedDataset
+from poisonlab.registry import create, format_validation_error
+from poisonlab.training import TrainConfig, TrainRun, accuracy, train
+
+DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
+
+
+class DataConfig(BaseModel):
+    """Which data set, where, and how much of it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Literal["digits", "mnist", "cifar10", "folder", "npz"] = "digits"
+    root: str | None = Field(None, description="folder or file; default: $POISONLAB_DATA")
+    test_fraction: float = Field(0.25, gt=0, lt=1, description="held-out share for sets without a test split")
+    train_size: int | None = Field(None, ge=2, description="stratified subset of the training set")
+    test_size: int | None = Field(None, ge=1, description="stratified subset of the test set")
+
+
+class ExperimentConfig(BaseModel):
+    """A whole experiment; unknown keys and bad values are rejected with the key named."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = "experiment"
+    seed: int = Field(0, ge=0)
+    trials: int = Field(1, ge=1)
+    data: DataConfig = DataConfig()
+    model: str = "cnn"
+    train: TrainConfig = TrainConfig()
+    attacks: list[dict[str, Any]] = Field(default_factory=list)
+    detectors: list[dict[str, Any]] = Field(default_factory=list)
+    detect_with: Literal["victim", "clean"] = Field(
+        "victim",
+        description="victim: the model trained on the released data; clean: one trained on clean data",
+    )
+    baseline: bool = Field(True, description="also train a model on the clean data (accuracy drop)")
+    threshold: float | Literal["mad"] = Field("mad", description="flag rows with score >= threshold")
+    threshold_k: float = Field(3.0, gt=0, description="k of the median + k * MAD rule")
+    report_top_k: int = Field(24, ge=0, le=200)
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        if value not in MODELS:
+            raise ValueError(f"unknown model {value!r}; known: {', '.join(MODELS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _methods(self):
+        self.build_attacks()
+        self.build_detectors()
+        return self
+
+    def build_attacks(self) -> list[tuple[str, Attack]]:
+        """(id, attack) for each configured attack, validated."""
+        return _build("attack", self.attacks)
+
+    def build_detectors(self) -> list[tuple[str, Detector]]:
+        """(id, detector) for each configured detector, validated; ``id`` defaults to the name."""
+        return _build("detector", self.detectors)
+
+    def resolved(self) -> dict[str, Any]:
+        """The config with every default filled in, as saved in results.json."""
+        out = self.model_dump(mode="json")
+        out["attacks"] = [{"id": i, **m.spec()} for i, m in self.build_attacks()]
+        out["detectors"] = [{"id": i, **m.spec()} for i, m in self.build_detectors()]
+        return out
+
+
+def _build(kind: str, specs: list[dict[str, Any]]):
+    built, seen = [], set()
+    for i, spec in enumerate(specs):
+        spec = dict(spec) if isinstance(spec, dict) else {"name": spec}
+        ident = str(spec.pop("id", spec.get("name")))
+        if ident in seen:
+            raise ValueError(f"two {kind}s share the id {ident!r}: give one an 'id'")
+        seen.add(ident)
+        try:
+            built.append((ident, create(kind, spec, where=f"{kind}s[{i}]")))
+        except ConfigError as err:
+            raise ValueError(str(err)) from None
+    return built
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> ExperimentConfig:
+    """Read and validate a YAML config (the bundled default when ``path`` is None)."""
+    path = Path(path) if path is not None else DEFAULT_CONFIG
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read config: {err}") from None
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where else ""
+        raise ConfigError(f"{path}: not valid YAML{line}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a config is a mapping of keys, got {type(raw).__name__}")
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(f"{path}: {format_validation_error(err)}") from None
+
+
+def load_splits(config: DataConfig, seed: int = 0) -> tuple[datalib.Dataset, datalib.Dataset]:
+    """(train, test) for a data config; sets without a test split are split stratified by ``seed``."""
+    if config.name in ("mnist", "cifar10"):
+        train_set = datalib.load_dataset(config.name, config.root, split="train")
+        test_set = datalib.load_dataset(config.name, config.root, split="test")
+    else:
+        full = datalib.load_dataset(config.name, config.root)
+        train_set, test_set = datalib.train_test_split(full, config.test_fraction, seed=seed)
+    if config.train_size is not None:
+        train_set = datalib.stratified_subset(train_set, config.train_size, seed=seed)
+    if config.test_size is not None:
+        test_set = datalib.stratified_subset(test_set, config.test_size, seed=seed)
+    return train_set, test_set
+
+
+@dataclass
+class TrialArtifacts:
+    """What one trial leaves for the report: the poisoned set, the detection run and the scores."""
+
+    poisoned: PoisonedDataset
+    goal_ids: list[str]
+    run: TrainRun
+    scores: dict[str, np.ndarray] = field(default_factory=dict)
+    thresholds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class ExperimentResult:
+    """Everything ``poisonlab run`` writes: ``results`` is results.json; ``first`` feeds the report."""
+
+    results: dict[str, Any]
+    first: TrialArtifacts
+
+
+def _apply_attacks(train_set, attacks, generator) -> tuple[PoisonedDataset, list[str]]:
+    poisoned = PoisonedDataset(
+        train_set,
+        torch.zeros(0, dtype=torch.int64),
+        train_set.subset([]),
+        (),
+        torch.zeros(0, dtype=torch.int64),
+    )
+    for _, attack in attacks:
+        poisoned = poisoned.then(attack.craft(poisoned.data, generator=generator))
+    return poisoned, [ident for ident, _ in attacks]
+
+
+def run_trial(
+    config: ExperimentConfig, train_set, test_set, trial: int, *, progress: bool = False
+) -> tuple[dict[str, float], dict[str, float], TrialArtifacts]:
+    """One trial: attack, train, evaluate, detect. Returns (metrics, timings, artifacts)."""
+    seed = config.seed + trial
+    generator = torch.Generator().manual_seed(seed)
+    metrics: dict[str, float] = {}
+    timings: dict[str, float] = {}
+    attacks, detectors = config.build_attacks(), config.build_detectors()
+
+    t0 = time.perf_counter()
+    poisoned, goal_ids = _apply_attacks(train_set, attacks, generator)
+    timings["attack"] = time.perf_counter() - t0
+    metrics["attack.poison_count"] = float(len(poisoned.poison_idx))
+    metrics["attack.poison_fraction"] = len(poisoned.poison_idx) / len(train_set)
+
+    def fit(data, desc):
+        model = build_model(config.model, data.input_shape, data.num_classes, seed=seed)
+        return train(model, data, config.train, seed=seed, eval_data=test_set, progress=progress, desc=desc)
+
+    t0 = time.perf_counter()
+    victim = fit(poisoned.data, f"trial {trial + 1}: victim")
+    timings["train_victim"] = time.perf_counter() - t0
+    metrics["victim.clean_accuracy"] = accuracy(victim.model, test_set)
+    metrics["victim.train_accuracy_released"] = accuracy(victim.model, poisoned.data)
+    clean = None
+    if config.baseline or config.detect_with == "clean":
+        t0 = time.perf_counter()
+        clean = fit(poisoned.clean_data(), f"trial {trial + 1}: clean")
+        timings["train_clean"] = time.perf_counter() - t0
+        metrics["clean.clean_accuracy"] = accuracy(clean.model, test_set)
+        metrics["attack.accuracy_drop"] = metrics["clean.clean_accuracy"] - metrics["victim.clean_accuracy"]
+    for gi, ((ident, attack), goal) in enumerate(zip(attacks, poisoned.goals)):
+        metrics[f"attack.{ident}.poison_count"] = float(poisoned.mask_of(gi).sum())
+        for key, value in attack.evaluate(victim.model, test_set, goal).items():
+            metrics[f"attack.{ident}.{key}"] = value
+        if clean is not None:
+            for key, value in attack.evaluate(clean.model, test_set, goal).items():
+                metrics[f"attack.{ident}.clean_model_{key}"] = value
+
+    run = clean if config.detect_with == "clean" else victim
+    artifacts = TrialArtifacts(poisoned, goal_ids, run)
+    is_poison = poisoned.is_poisoned.numpy()
+    for ident, detector in detectors:
+        t0 = time.perf_counter()
+        scores = detector.scores(poisoned.data, run, test=test_set, generator=generator)
+        timings[f"detect.{ident}"] = time.perf_counter() - t0
+        scores = np.asarray(scores, dtype=np.float64)
+        thr = (
+            mad_threshold(scores, config.threshold_k)
+            if config.threshold == "mad"
+            else float(config.threshold)
+        )
+        artifacts.scores[ident], artifacts.thresholds[ident] = scores, thr
+        for key, value in detection_metrics(scores, is_poison, thr).items():
+            metrics[f"detection.{ident}.{key}"] = value
+        if len(poisoned.goals) > 1:  # each attack's poisons against the clean rows
+            for gi, gid in enumerate(goal_ids):
+                keep = ~is_poison | poisoned.mask_of(gi).numpy()
+                for key in ("auroc", "recall", "recall_at_budget"):
+                    value = detection_metrics(scores[keep], is_poison[keep], thr).get(key)
+                    if value is not None:
+                        metrics[f"detection.{ident}.{gid}.{key}"] = value
+    return metrics, timings, artifacts
+
+
+def run_experiment(config: ExperimentConfig, *, progress: bool = False) -> ExperimentResult:
+    """Run every trial of ``config`` and gather the results."""
+    start = time.perf_counter()
+    t0 = time.perf_counter()
+    train_set, test_set = load_splits(config.data, config.seed)
+    timings = {"load_data": time.perf_counter() - t0}
+    per_trial, first = [], None
+    for trial in range(config.trials):
+        metrics, trial_timings, artifacts = run_trial(config, train_set, test_set, trial, progress=progress)
+        per_trial.append(metrics)
+        for key, value in trial_timings.items():
+            timings[key] = timings.get(key, 0.0) + value
+        first = first or artifacts
+    mean, std = aggregate(per_trial)
+    timings["total"] = time.perf_counter() - start
+    results = {
+        "name": config.name,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config": config.resolved(),
+        "trials": config.trials,
+        "data": {
+            "train_rows": len(train_set),
+            "test_rows": len(test_set),
+            "input_shape": list(train_set.input_shape),
+        },
+        "metrics": mean,
+        "metrics_std": std,
+        "per_trial": per_trial,
+        "history": first.run.history,
+        "timings": timings,
+        "versions": {
+            "poisonlab": poisonlab.__version__,
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+    }
+    return ExperimentResult(results, first)
+
+
+def report_views(result: ExperimentResult, top_k: int):
+    """The report's view of each detector in the first trial."""
+    from poisonlab.report import DetectorView
+
+    art = result.first
+    poisoned = art.poisoned
+    data, classes = poisoned.data, poisoned.data.classes
+    original_y = data.y.clone()
+    original_y[poisoned.poison_idx] = poisoned.original.y
+    is_poison = poisoned.is_poisoned.numpy()
+    groups = {"clean": ~is_poison}
+    for gi, gid in enumerate(art.goal_ids):
+        groups[gid] = poisoned.mask_of(gi).numpy()
+    views = []
+    for ident, scores in art.scores.items():
+        top = np.argsort(-scores, kind="stable")[:top_k]
+        captions = [
+            f"#{i} given {classes[data.y[i]]} / orig {classes[original_y[i]]}"
+            + (" (poison)" if is_poison[i] else "")
+            for i in top
+        ]
+        views.append(
+            DetectorView(
+                name=ident,
+                scores=scores,
+                groups=groups,
+                threshold=art.thresholds[ident],
+                top_images=data.x[torch.as_tensor(top, dtype=torch.int64)].numpy(),
+                top_captions=captions,
+                top_poisoned=is_poison[top],
+            )
+        )
+    return views

@@ -1,0 +1,192 @@
+"""One training function for every victim, surrogate and reference model.
+
+:func:`train` runs SGD (momentum, weight decay) or Adam with learning-rate milestones, optional
+random-crop + flip augmentation done on whole batches, and records checkpoints every ``k`` epochs
+together with the learning rate in force during the epochs they close (what TracInCP weighs each
+checkpoint by). One ``seed`` fixes the shuffling and the augmentation; the model's initial weights
+are fixed by :func:`poisonlab.models.build_model`'s seed, so a run repeats exactly on the CPU.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+
+from poisonlab.data import Dataset
+from poisonlab.errors import ConfigError
+from poisonlab.models import resolve_device
+
+
+class TrainConfig(BaseModel):
+    """The training schedule; validated, so a bad value fails before any work starts."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = Field(0.05, gt=0, description="initial learning rate")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    weight_decay: float = Field(5e-4, ge=0)
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(64, ge=1)
+    milestones: tuple[int, ...] = Field(
+        (), description="epochs after which the learning rate is multiplied by lr_gamma"
+    )
+    lr_gamma: float = Field(0.1, gt=0, le=1)
+    augment: bool = Field(False, description="random crop (pad H/8) and, if hflip, horizontal flip")
+    hflip: bool = Field(True, description="flip horizontally when augmenting (turn off for digits)")
+    checkpoint_every: int = Field(
+        1, ge=1, description="record a checkpoint every k epochs (and after the last)"
+    )
+    device: str = "auto"
+
+    @model_validator(mode="after")
+    def _check_milestones(self):
+        if any(m < 1 or m > self.epochs for m in self.milestones) or list(self.milestones) != sorted(
+            self.milestones
+        ):
+            raise ValueError(
+                f"milestones must be increasing epochs in [1, {self.epochs}], got {list(self.milestones)}"
+            )
+        return self
+
+    def lr_at(self, epoch: int) -> float:
+        """Learning rate in force during ``epoch`` (1-based)."""
+        return self.lr * self.lr_gamma ** sum(1 for m in self.milestones if epoch > m)
+
+
+@dataclass
+class Checkpoint:
+    """Parameters and buffers (on the CPU) after ``epoch``, with the learning rate used in that epoch."""
+
+    epoch: int
+    lr: float
+    state: dict[str, torch.Tensor]
+
+
+@dataclass
+class TrainRun:
+    """A trained model with its checkpoints and per-epoch history."""
+
+    model: nn.Module
+    checkpoints: list[Checkpoint]
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def augment_batch(x: torch.Tensor, generator: torch.Generator, hflip: bool = True) -> torch.Tensor:
+    """Random crop after zero padding by H/8 (at least 1 pixel) and random horizontal flip, batched."""
+    n, c, h, w = x.shape
+    pad = max(1, h // 8)
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = dx[:, None] + torch.arange(w, device=x.device)
+    if hflip:
+        flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+        cols = torch.where(flip[:, None], cols.flip(1), cols)
+    cols = cols[:, None, None, :]
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    chan = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[batch, chan, rows, cols]
+
+
+def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+    return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+
+def train(
+    model: nn.Module,
+    data: Dataset,
+    config: TrainConfig | None = None,
+    *,
+    seed: int = 0,
+    eval_data: Dataset | None = None,
+    progress: bool = False,
+    desc: str = "train",
+) -> TrainRun:
+    """Train ``model`` in place on ``data`` and return the run with its checkpoints and history."""
+    config = config or TrainConfig()
+    if len(data) == 0:
+        raise ConfigError("cannot train on an empty dataset")
+    device = resolve_device(config.device)
+    model.to(device)
+    x, y = data.x.to(device), data.y.to(device)
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = _optimizer(model, config)
+    checkpoints: list[Checkpoint] = []
+    history: list[dict] = []
+    start = time.perf_counter()
+    epochs = range(1, config.epochs + 1)
+    if progress:
+        from tqdm.auto import tqdm
+
+        epochs = tqdm(epochs, desc=desc, unit="epoch", leave=False)
+    for epoch in epochs:
+        lr = config.lr_at(epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        model.train()
+        order = torch.randperm(len(data), generator=generator).to(device)
+        total_loss, correct = 0.0, 0
+        for batch in order.split(config.batch_size):
+            xb, yb = x[batch], y[batch]
+            if config.augment:
+                xb = augment_batch(xb, generator, config.hflip)
+            logits = model(xb)
+            loss = F.cross_entropy(logits, yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total_loss += loss.item() * len(batch)
+            correct += (logits.argmax(1) == yb).sum().item()
+        if not torch.isfinite(torch.tensor(total_loss)):
+            raise ConfigError(
+                f"training diverged at epoch {epoch} (loss is not finite): lower the learning rate"
+            )
+        record = {
+            "epoch": epoch,
+            "lr": lr,
+            "loss": total_loss / len(data),
+            "train_accuracy": correct / len(data),
+        }
+        if eval_data is not None:
+            record["test_accuracy"] = accuracy(model, eval_data)
+        history.append(record)
+        if epoch % config.checkpoint_every == 0 or epoch == config.epochs:
+            state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            checkpoints.append(Checkpoint(epoch=epoch, lr=lr, state=state))
+        if progress:
+            epochs.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['train_accuracy']:.3f}")
+    model.eval()
+    return TrainRun(
+        model=model, checkpoints=checkpoints, history=history, seconds=time.perf_counter() - start
+    )
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """Logits of ``model`` (in eval mode) for ``x``, on the CPU."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = torch.cat([model(xb.to(device)).cpu() for xb in x.split(batch_size)]) if len(x) else torch.empty(0)
+    model.train(was_training)
+    return out
+
+
+def accuracy(model: nn.Module, data: Dataset) -> float:
+    """Fraction of ``data`` classified correctly."""
+    if len(data) == 0:
+        return float("nan")
+    return (predict(model, data.x).argmax(1) == data.y).float().mean().item()
