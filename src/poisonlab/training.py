@@ -77,6 +77,7 @@ class TrainRun:
     checkpoints: list[Checkpoint]
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    cache: dict = field(default_factory=dict, repr=False)  # derived quantities detectors share
 
 
 def augment_batch(x: torch.Tensor, generator: torch.Generator, hflip: bool = True) -> torch.Tensor:

@@ -94,48 +94,60 @@ def influence(
     return out
 
 
-def summed_influence(
+def self_and_summed_influence(
     model: nn.Module,
     checkpoints: Sequence[Checkpoint],
     train: Dataset,
-    test: Dataset,
+    test: Dataset | None = None,
     *,
     layers: Sequence[str] | None = None,
     batch_size: int = 128,
-) -> torch.Tensor:
-    """Seed 000's Algorithm 1 score: each training point's influence summed over the test points.
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Self-influence of every training row and, given ``test``, its influence summed over ``test``.
 
-    Uses sum_j g_i . g_j = g_i . (sum_j g_j), so it costs one pass over the training set per checkpoint.
+    The sum is seed 000's Algorithm 1 score; sum_j g_i . g_j = g_i . (sum_j g_j), so both come from
+    one pass of per-sample gradients over the training set per checkpoint.
     """
-    out = torch.zeros(len(train))
+    self_scores = torch.zeros(len(train))
+    summed = torch.zeros(len(train)) if test is not None else None
     for lr, state, names, device in _prepare(model, checkpoints, layers):
-        g_sum = sum(
-            per_sample_grads(model, state, names, xb.to(device), yb.to(device)).sum(0)
-            for xb, yb in zip(test.x.split(batch_size), test.y.split(batch_size))
-        )
+        if test is not None:
+            g_sum = sum(
+                per_sample_grads(model, state, names, xb.to(device), yb.to(device)).sum(0)
+                for xb, yb in zip(test.x.split(batch_size), test.y.split(batch_size))
+            )
         for start in range(0, len(train), batch_size):
             xb, yb = train.x[start : start + batch_size], train.y[start : start + batch_size]
             g = per_sample_grads(model, state, names, xb.to(device), yb.to(device))
-            out[start : start + len(xb)] += lr * (g @ g_sum).cpu()
-    return out
+            self_scores[start : start + len(xb)] += lr * g.pow(2).sum(1).cpu()
+            if summed is not None:
+                summed[start : start + len(xb)] += lr * (g @ g_sum).cpu()
+    return self_scores, summed
 
 
-def self_influence(
-    model: nn.Module,
-    checkpoints: Sequence[Checkpoint],
-    data: Dataset,
-    *,
-    layers: Sequence[str] | None = None,
-    batch_size: int = 128,
-) -> torch.Tensor:
+def summed_influence(model, checkpoints, train, test, *, layers=None, batch_size=128) -> torch.Tensor:
+    """Seed 000's Algorithm 1 score: each training row's influence summed over the ``test`` rows."""
+    return self_and_summed_influence(model, checkpoints, train, test, layers=layers, batch_size=batch_size)[1]
+
+
+def self_influence(model, checkpoints, data, *, layers=None, batch_size=128) -> torch.Tensor:
     """TracInCP(z, z) = sum_i eta_i ||grad l(w_i, z)||^2 for every row: high for mislabeled points."""
-    out = torch.zeros(len(data))
-    for lr, state, names, device in _prepare(model, checkpoints, layers):
-        for start in range(0, len(data), batch_size):
-            xb, yb = data.x[start : start + batch_size], data.y[start : start + batch_size]
-            g = per_sample_grads(model, state, names, xb.to(device), yb.to(device))
-            out[start : start + len(xb)] += lr * g.pow(2).sum(1).cpu()
-    return out
+    return self_and_summed_influence(model, checkpoints, data, layers=layers, batch_size=batch_size)[0]
+
+
+def _cached_pass(run: TrainRun, data: Dataset, test: Dataset | None, pick, layers, batch_size):
+    """Detectors on the same run share one gradient pass (kept in ``run.cache`` for the run's life)."""
+    key = ("tracin", id(data), None if pick is None else tuple(pick.tolist()), tuple(layers or ()))
+    hit = run.cache.get(key)
+    if hit is None or (pick is not None and hit[1] is None):
+        sub = test.subset(pick) if pick is not None else None
+        hit = self_and_summed_influence(
+            run.model, run.checkpoints, data, sub, layers=layers, batch_size=batch_size
+        )
+        run.cache[key] = hit
+        if pick is not None:  # the pass with test points also gives the self-influence
+            run.cache[key[:2] + (None,) + key[3:]] = hit
+    return hit
 
 
 @register("detector", "tracin_self")
@@ -146,9 +158,7 @@ class TracInSelf(Detector):
     batch_size: int = Field(128, ge=1)
 
     def scores(self, data, run: TrainRun, *, test=None, generator=None) -> np.ndarray:
-        return self_influence(
-            run.model, run.checkpoints, data, layers=self.layers, batch_size=self.batch_size
-        ).numpy()
+        return _cached_pass(run, data, None, None, self.layers, self.batch_size)[0].numpy()
 
 
 @register("detector", "tracin_test")
@@ -166,14 +176,8 @@ class TracInTest(Detector):
     def scores(self, data, run: TrainRun, *, test=None, generator=None) -> np.ndarray:
         if test is None or len(test) == 0:
             raise ConfigError("tracin_test needs a test set")
-        generator = generator or torch.Generator().manual_seed(0)
-        pick = torch.randperm(len(test), generator=generator)[: self.num_test]
-        s = summed_influence(
-            run.model,
-            run.checkpoints,
-            data,
-            test.subset(pick),
-            layers=self.layers,
-            batch_size=self.batch_size,
-        )
+        # every tracin_test detector of a trial draws the same test points (from the trial's seed)
+        seed = generator.initial_seed() if generator is not None else 0
+        pick = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))[: self.num_test]
+        s = _cached_pass(run, data, test, pick, self.layers, self.batch_size)[1]
         return {"negative": -s, "positive": s, "absolute": s.abs()}[self.sign].numpy()
