@@ -95,8 +95,9 @@ def describe() -> list[tuple[str, str, str, dict[str, str]]]:
         for name, cls in sorted(REGISTRY[kind].items()):
             params = {}
             for field, info in cls.model_fields.items():
-                annotation = getattr(info.annotation, "__name__", None) or str(info.annotation)
-                text = f"{annotation.replace('typing.', '')} = {info.default!r}"
+                ann = info.annotation
+                ann = ann.__name__ if isinstance(ann, type) else str(ann).replace("typing.", "")
+                text = f"{ann} = {info.default!r}"
                 params[field] = text + (f"  {info.description}" if info.description else "")
             rows.append((kind, name, cls.summary(), params))
     return rows
