@@ -73,3 +73,19 @@ def test_bad_flip_parameters_are_rejected_by_name(digits_split):
     one_three = train_set.subset((train_set.y == 3).nonzero().flatten()[:1])
     with pytest.raises(ConfigError, match="only 1 are available"):
         TargetedLabelFlip(count=5).craft(one_three, generator=torch.Generator())
+
+
+def test_appended_poisons_compose_and_are_dropped_from_the_clean_data(digits_split):
+    from poisonlab.poison import AttackGoal, PoisonedDataset
+
+    train_set, _ = digits_split
+    gen = torch.Generator().manual_seed(0)
+    flipped = TargetedLabelFlip(count=5).craft(train_set, generator=gen)
+    sources = torch.tensor([0, 1, 2])
+    extra = flipped.data.subset(sources)
+    added = PoisonedDataset.from_added(flipped.data, extra, AttackGoal("copy"), sources)
+    both = flipped.then(added)
+    assert len(both.data) == len(train_set) + 3 and both.num_clean == len(train_set)
+    assert set(both.poison_idx[-3:].tolist()) == {len(train_set), len(train_set) + 1, len(train_set) + 2}
+    assert torch.equal(both.clean_data().y, train_set.y) and torch.equal(both.clean_data().x, train_set.x)
+    assert both.mask_of(1).sum() == 3 and both.mask_of(0).sum() == 5

@@ -28,6 +28,8 @@ class PoisonedDataset:
     """The released training set, the indices of the poisoned rows, their original rows and the goals.
 
     ``poison_goal[i]`` says which of ``goals`` poisoned row ``poison_idx[i]`` (several attacks compose).
+    Attacks that add rows (gradient canceling) append them after the ``num_clean`` rows of the clean set;
+    the original of an added row is the clean row it was initialised from.
     """
 
     data: Dataset
@@ -35,6 +37,7 @@ class PoisonedDataset:
     original: Dataset
     goals: tuple[AttackGoal, ...]
     poison_goal: torch.Tensor
+    num_clean: int | None = None  # set when rows were appended: rows >= num_clean are all poisons
 
     def __post_init__(self):
         idx = self.poison_idx
@@ -45,6 +48,10 @@ class PoisonedDataset:
             raise ConfigError(f"poison_idx must hold distinct row indices in [0, {n})")
         if len(self.original) != len(idx) or len(self.poison_goal) != len(idx):
             raise ConfigError("original rows and poison_goal must match poison_idx in length")
+        if self.num_clean is not None:
+            appended = torch.arange(self.num_clean, n)
+            if not torch.isin(appended, idx).all():
+                raise ConfigError("every appended row must be listed in poison_idx")
 
     @classmethod
     def from_rows(
@@ -54,6 +61,19 @@ class PoisonedDataset:
         idx = torch.as_tensor(idx, dtype=torch.int64).sort().values
         zeros = torch.zeros(len(idx), dtype=torch.int64)
         return cls(released, idx, clean.subset(idx), (goal,), zeros)
+
+    @classmethod
+    def from_added(
+        cls, clean: Dataset, poisons: Dataset, goal: AttackGoal, sources: torch.Tensor | None = None
+    ) -> PoisonedDataset:
+        """Record of an attack that appended ``poisons`` to ``clean`` (``sources``: their initial rows)."""
+        released = Dataset(
+            torch.cat([clean.x, poisons.x]), torch.cat([clean.y, poisons.y]), clean.classes, clean.name
+        )
+        idx = torch.arange(len(clean), len(released))
+        original = clean.subset(sources) if sources is not None else poisons
+        zeros = torch.zeros(len(idx), dtype=torch.int64)
+        return cls(released, idx, original, (goal,), zeros, num_clean=len(clean))
 
     @property
     def is_poisoned(self) -> torch.Tensor:
@@ -69,18 +89,24 @@ class PoisonedDataset:
         return mask
 
     def clean_data(self) -> Dataset:
-        """The training set with every poisoned row restored to its original."""
+        """The clean training set: poisoned rows restored to their originals, appended rows dropped."""
         x, y = self.data.x.clone(), self.data.y.clone()
         x[self.poison_idx], y[self.poison_idx] = self.original.x, self.original.y
-        return Dataset(x, y, self.data.classes, self.data.name)
+        keep = slice(None) if self.num_clean is None else slice(0, self.num_clean)
+        return Dataset(x[keep], y[keep], self.data.classes, self.data.name)
 
     def then(self, later: PoisonedDataset) -> PoisonedDataset:
         """Compose: ``later`` was crafted on ``self.data``; originals stay those of the clean set."""
-        if len(later.data) != len(self.data):
-            raise ConfigError("attacks that add or remove rows cannot be composed")
-        clean = self.clean_data()
-        owner = torch.full((len(self.data),), -1, dtype=torch.int64)
+        n_before = len(self.data)
+        if (later.num_clean or len(later.data)) != n_before:
+            raise ConfigError("a composed attack must be crafted on the data the previous one released")
+        owner = torch.full((len(later.data),), -1, dtype=torch.int64)
         owner[self.poison_idx] = self.poison_goal
         owner[later.poison_idx] = later.poison_goal + len(self.goals)
+        ox, oy = later.data.x.clone(), later.data.y.clone()
+        ox[later.poison_idx], oy[later.poison_idx] = later.original.x, later.original.y
+        ox[self.poison_idx], oy[self.poison_idx] = self.original.x, self.original.y
         idx = (owner >= 0).nonzero().flatten()
-        return PoisonedDataset(later.data, idx, clean.subset(idx), self.goals + later.goals, owner[idx])
+        original = Dataset(ox[idx], oy[idx], self.data.classes, self.data.name)
+        num_clean = self.num_clean if self.num_clean is not None else later.num_clean
+        return PoisonedDataset(later.data, idx, original, self.goals + later.goals, owner[idx], num_clean)
