@@ -6,7 +6,7 @@ from sklearn.metrics import roc_auc_score
 
 from poisonlab.attacks import TargetedLabelFlip
 from poisonlab.detection import influence, self_influence, summed_influence
-from poisonlab.detection.tracin import parameter_names
+from poisonlab.detection.influence import TracInCP, parameter_names
 from poisonlab.errors import ConfigError
 from poisonlab.models import build_model
 from poisonlab.training import TrainConfig, train
@@ -51,6 +51,7 @@ def test_tracin_equals_brute_force(tiny_run, layers):
     names = parameter_names(run.model, layers)
     expected = brute_force(run.model, run.checkpoints, train_part, test_part, names)
     got = influence(run.model, run.checkpoints, train_part, test_part, layers=layers, batch_size=3)
+    assert got.dtype == torch.float32
     scale = expected.abs().max()
     assert scale > 0
     assert (got.double() - expected).abs().max() / scale < 1e-5
@@ -67,6 +68,101 @@ def test_unknown_layer_and_missing_checkpoints_are_clear_errors(tiny_run):
         self_influence(run.model, run.checkpoints, train_part, layers=["fc9"])
     with pytest.raises(ConfigError, match="at least one checkpoint"):
         self_influence(run.model, [], train_part)
+    with pytest.raises(ConfigError, match="memory_budget of 0.0 MiB is too small: one tile"):
+        influence(run.model, run.checkpoints, train_part, test_part, memory_budget="10KB")
+    with pytest.raises(ConfigError, match="not a size"):
+        TracInCP(run.model, run.checkpoints, memory_budget="lots")
+
+
+class _Mixed(torch.nn.Module):
+    """Conv with and without bias, batch norm, a layer norm (vmap fallback) and a shared-free head."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv_a = torch.nn.Conv2d(1, 3, 3, padding=1, bias=False)
+        self.bn = torch.nn.BatchNorm2d(3)
+        self.conv_b = torch.nn.Conv2d(3, 4, 3, stride=2)
+        self.norm = torch.nn.LayerNorm(36)
+        self.head = torch.nn.Linear(36, 10)
+
+    def forward(self, x):
+        h = torch.relu(self.bn(self.conv_a(x)))
+        h = torch.relu(self.conv_b(h)).flatten(1)
+        return self.head(self.norm(h))
+
+
+@pytest.fixture(scope="module")
+def mixed_run(digits_split):
+    from poisonlab.training import Checkpoint, TrainRun
+
+    train_set, test_set = digits_split
+    torch.manual_seed(0)
+    model = _Mixed()
+    checkpoints = []
+    for i, lr in enumerate([0.1, 0.03]):
+        model.train()
+        model(train_set.x[:64] + i)  # move the batch-norm running statistics
+        for p in model.parameters():
+            p.data += 0.05 * torch.randn_like(p)
+        checkpoints.append(Checkpoint(i, lr, {k: v.clone() for k, v in model.state_dict().items()}))
+    model.eval()
+    return TrainRun(model, checkpoints), train_set.subset(torch.arange(6)), test_set.subset(torch.arange(4))
+
+
+@pytest.mark.parametrize("layers", [None, ["conv_a", "bn"], ["conv_b"], ["norm", "head"]])
+def test_conv_batchnorm_and_fallback_layers_equal_brute_force(mixed_run, layers):
+    run, train_part, test_part = mixed_run
+    names = parameter_names(run.model, layers)
+    expected = brute_force(run.model, run.checkpoints, train_part, test_part, names)
+    engine = TracInCP(run.model, run.checkpoints, layers=layers)
+    got = engine.influence(train_part, test_part).double()
+    assert (got - expected).abs().max() / expected.abs().max() < 1e-5
+    self_expected = brute_force(run.model, run.checkpoints, train_part, train_part, names).diagonal()
+    assert torch.allclose(engine.self_influence(train_part).double(), self_expected, rtol=1e-5)
+
+
+def test_result_does_not_depend_on_tiling_or_budget(tiny_run, digits_split):
+    run, _, test_part = tiny_run
+    train_set, _ = digits_split
+    rows = train_set.subset(torch.arange(300))
+    results = []
+    for budget, batch in [("4GB", None), ("3MB", None), ("4GB", 7)]:
+        engine = TracInCP(run.model, run.checkpoints, memory_budget=budget, batch_size=batch)
+        results.append((engine.influence(rows, test_part), engine.self_influence(rows)))
+    for matrix, selfs in results[1:]:
+        assert torch.allclose(matrix, results[0][0], rtol=1e-5, atol=1e-6)
+        assert torch.allclose(selfs, results[0][1], rtol=1e-5, atol=1e-6)
+
+
+def test_projection_and_last_layer_modes(tiny_run, digits_split):
+    run, _, _ = tiny_run
+    train_set, test_set = digits_split
+    rows, tests = train_set.subset(torch.arange(200)), test_set.subset(torch.arange(30))
+    exact = TracInCP(run.model, run.checkpoints).influence(rows, tests)
+    coarse = TracInCP(run.model, run.checkpoints, projection_dim=16, seed=0)
+    fine = TracInCP(run.model, run.checkpoints, projection_dim=1024, seed=0)
+    approx_fine = fine.influence(rows, tests)
+    coarse.influence(rows, tests)
+    assert 0 < fine.last_projection_error < coarse.last_projection_error
+    measured = float((approx_fine[:200, :30] - exact[:200, :30]).norm() / exact[:200, :30].norm())
+    assert fine.last_projection_error == pytest.approx(measured, rel=1e-4)
+    assert torch.equal(
+        approx_fine, TracInCP(run.model, run.checkpoints, projection_dim=1024, seed=0).influence(rows, tests)
+    )
+    head = TracInCP(run.model, run.checkpoints, last_layer_only=True).influence(rows, tests)
+    assert torch.allclose(head, TracInCP(run.model, run.checkpoints, layers=["head"]).influence(rows, tests))
+
+
+def test_top_k_proponents_and_opponents(tiny_run):
+    run, train_part, test_part = tiny_run
+    engine = TracInCP(run.model, run.checkpoints)
+    matrix = engine.influence(train_part, test_part)
+    top = engine.top_k(train_part, test_part, k=3)
+    assert top["proponents"].shape == (len(test_part), 3)
+    for j in range(len(test_part)):
+        assert torch.equal(top["proponents"][j], matrix[:, j].argsort(descending=True)[:3])
+        assert torch.equal(top["opponents"][j], matrix[:, j].argsort()[:3])
+        assert (top["opponent_scores"][j] <= top["proponent_scores"][j].min()).all()
 
 
 def test_self_influence_ranks_targeted_flips_on_digits(digits_split):
@@ -83,3 +179,28 @@ def test_self_influence_ranks_targeted_flips_on_digits(digits_split):
     # the median poison scores far above the median clean row
     is_poison = poisoned.is_poisoned.numpy()
     assert np.median(scores[is_poison]) > 100 * np.median(scores[~is_poison])
+
+
+def test_scores_equal_captums(tiny_run):
+    captum = pytest.importorskip("captum.influence")
+    run, train_part, test_part = tiny_run
+
+    def load(net, name):
+        net.load_state_dict(run.checkpoints[int(name)].state)
+        return run.checkpoints[int(name)].lr
+
+    theirs = captum.TracInCP(
+        run.model,
+        torch.utils.data.TensorDataset(train_part.x, train_part.y),
+        checkpoints=[str(i) for i in range(len(run.checkpoints))],
+        checkpoints_load_func=load,
+        loss_fn=torch.nn.CrossEntropyLoss(reduction="sum"),
+        batch_size=4,
+        sample_wise_grads_per_batch=True,
+    )
+    engine = TracInCP(run.model, run.checkpoints)
+    ours = engine.influence(train_part, test_part)
+    matrix = theirs.influence((test_part.x, test_part.y), k=None).T
+    assert (matrix - ours).abs().max() / ours.abs().max() < 1e-4
+    self_theirs = theirs.self_influence(inputs=None)
+    assert torch.allclose(self_theirs, engine.self_influence(train_part), rtol=1e-4)

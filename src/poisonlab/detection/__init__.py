@@ -1,6 +1,23 @@
 """Training-set detectors (one suspicion score per row); importing the package registers them."""
 
+from poisonlab.detection.activation_clustering import ActivationClustering
 from poisonlab.detection.base import Detector
+from poisonlab.detection.influence import TracInCP
+from poisonlab.detection.knn import DeepKNN
+from poisonlab.detection.spectral import SpectralSignature
+from poisonlab.detection.strip import Strip
 from poisonlab.detection.tracin import TracInSelf, TracInTest, influence, self_influence, summed_influence
 
-__all__ = ["Detector", "TracInSelf", "TracInTest", "influence", "self_influence", "summed_influence"]
+__all__ = [
+    "ActivationClustering",
+    "DeepKNN",
+    "Detector",
+    "SpectralSignature",
+    "Strip",
+    "TracInCP",
+    "TracInSelf",
+    "TracInTest",
+    "influence",
+    "self_influence",
+    "summed_influence",
+]

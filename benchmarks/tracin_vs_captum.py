@@ -1,0 +1,236 @@
+"""TracInCP at MNIST scale: poisonlab's TracInCP against Captum's, side by side in one run.
+
+Both tools score the same model, the same K checkpoints (with different learning rates), the same
+training rows and test points, over all parameters. Every measurement runs in a fresh worker process
+(single-threaded, so peak memory is that call's own), the tools alternate, and the table reports
+median times, their ratio, peak memory and the largest relative difference of the scores against
+ours (|a - b|.max() / |ours|.max()). Captum's exact modes: ``sample_wise_grads_per_batch=True`` (its
+fastest) and its default (per-sample autograd loop). Captum runs are skipped where they would take
+too long on this machine (the table says so); ours run at every size under the memory budget.
+
+    python benchmarks/tracin_vs_captum.py [--sizes 2000,10000,60000] [--tests 100,1000] [--repeats 3]
+
+Writes benchmarks/results/tracin_vs_captum.md. Needs the `bench` extra (captum).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+LRS = [0.1, 0.05, 0.01]
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def worker(spec: dict) -> dict:
+    """One measurement: load model, checkpoints and data, run one tool once, save the scores."""
+    torch.set_num_threads(1)
+    from poisonlab.data import load_mnist, stratified_subset
+    from poisonlab.models import build_model
+    from poisonlab.training import Checkpoint
+
+    work = Path(spec["work"])
+    train_full = load_mnist(spec["data_root"], "train")
+    train = train_full.subset(torch.arange(spec["n"])) if spec["n"] < len(train_full) else train_full
+    test = stratified_subset(load_mnist(spec["data_root"], "test"), spec["m"], seed=1)
+    model = build_model(spec["model"], train.input_shape, 10, seed=0).eval()
+    states = [torch.load(work / f"{spec['model']}_ck{i}.pt", weights_only=True) for i in range(len(LRS))]
+    checkpoints = [Checkpoint(i, lr, s) for i, (lr, s) in enumerate(zip(LRS, states))]
+    base = _rss_bytes()
+    start = time.perf_counter()
+    if spec["tool"] == "poisonlab":
+        from poisonlab.detection import TracInCP
+
+        engine = TracInCP(model, checkpoints, memory_budget=spec["budget"])
+        scores = (
+            engine.influence(train, test) if spec["what"] == "influence" else engine.self_influence(train)
+        )
+    else:
+        from captum.influence import TracInCP as CaptumTracInCP
+
+        def load(net, name):
+            net.load_state_dict(checkpoints[int(name)].state)
+            return checkpoints[int(name)].lr
+
+        fast = spec["tool"] == "captum-fast"
+        tracin = CaptumTracInCP(
+            model,
+            torch.utils.data.TensorDataset(train.x, train.y),
+            checkpoints=[str(i) for i in range(len(checkpoints))],
+            checkpoints_load_func=load,
+            loss_fn=torch.nn.CrossEntropyLoss(reduction="sum" if fast else "none"),
+            batch_size=256,
+            sample_wise_grads_per_batch=fast,
+        )
+        if spec["what"] == "influence":
+            scores = tracin.influence((test.x, test.y), k=None).T
+        else:
+            scores = tracin.self_influence(inputs=None)
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    out = work / f"scores_{spec['key']}.npy"
+    np.save(out, scores.detach().float().numpy())
+    return {"seconds": seconds, "peak_mib": peak / 2**20, "scores": str(out)}
+
+
+def run_worker(spec: dict) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True, env=env
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"worker failed for {spec}:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def make_checkpoints(data_root: str, work: Path, models: list[str]) -> None:
+    """Train each model briefly on MNIST, keeping K checkpoints with different learning rates."""
+    from poisonlab.data import load_mnist, stratified_subset
+    from poisonlab.models import build_model
+    from poisonlab.training import TrainConfig, train
+
+    data = stratified_subset(load_mnist(data_root, "train"), 6000, seed=0)
+    for name in models:
+        model = build_model(name, data.input_shape, 10, seed=0)
+        for i, lr in enumerate(LRS):
+            run = train(model, data, TrainConfig(lr=lr, epochs=1, batch_size=64), seed=i)
+            torch.save(run.checkpoints[-1].state, work / f"{name}_ck{i}.pt")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--data-root", default=os.environ.get("POISONLAB_DATA", str(HERE.parent.parent / "shared/data"))
+    )
+    parser.add_argument("--sizes", default="2000,10000,60000")
+    parser.add_argument("--tests", default="100,1000")
+    parser.add_argument("--models", default="cnn,mlp")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--budget", default="4GB", help="poisonlab's memory budget")
+    parser.add_argument(
+        "--captum-limit", type=float, default=2.5e12,
+        help="skip a Captum run whose estimated work (rows x tests x params) is above this",
+    )  # fmt: skip
+    parser.add_argument("--out", default=str(HERE / "results" / "tracin_vs_captum.md"))
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return
+
+    torch.set_num_threads(1)
+    from poisonlab.models import build_model
+
+    models = args.models.split(",")
+    work = Path(tempfile.mkdtemp(prefix="tracin_bench_"))
+    make_checkpoints(args.data_root, work, models)
+    rows = []
+    for model_name in models:
+        n_params = sum(p.numel() for p in build_model(model_name, (1, 28, 28), 10).parameters())
+        for n in [int(s) for s in args.sizes.split(",")]:
+            for what, m in [("influence", int(t)) for t in args.tests.split(",")] + [("self_influence", 0)]:
+                work_units = n * max(m, 1) * n_params * len(LRS)
+                tools = ["poisonlab", "captum-fast", "captum-default"]
+                times: dict[str, list[float]] = {t: [] for t in tools}
+                peaks: dict[str, float] = {}
+                scores: dict[str, str] = {}
+                skipped = {}
+                for tool in tools:
+                    limit = args.captum_limit / (20 if tool == "captum-default" else 1)
+                    if tool != "poisonlab" and work_units > limit:
+                        skipped[tool] = True
+                for rep in range(args.repeats):
+                    for tool in tools if rep % 2 == 0 else tools[::-1]:
+                        if tool in skipped or (tool == "captum-default" and rep > 0):
+                            continue  # the per-sample loop is measured once
+                        spec = {"tool": tool, "model": model_name, "n": n, "m": max(m, 1), "what": what,
+                                "work": str(work), "data_root": args.data_root, "budget": args.budget,
+                                "key": f"{tool}_{model_name}_{n}_{m}_{what}"}  # fmt: skip
+                        result = run_worker(spec)
+                        times[tool].append(result["seconds"])
+                        peaks[tool] = max(peaks.get(tool, 0.0), result["peak_mib"])
+                        scores[tool] = result["scores"]
+                        print(
+                            f"{model_name} N={n} M={m} {what} {tool}: {result['seconds']:.2f}s",
+                            file=sys.stderr,
+                        )
+                ours = np.load(scores["poisonlab"])
+                row = {"model": model_name, "params": n_params, "n": n, "m": m, "what": what}
+                for tool in tools:
+                    if tool in skipped or not times[tool]:
+                        row[tool] = None
+                        continue
+                    theirs = np.load(scores[tool])
+                    diff = float(np.abs(theirs - ours).max() / max(np.abs(ours).max(), 1e-30))
+                    row[tool] = {"median": statistics.median(times[tool]), "peak": peaks[tool], "diff": diff,
+                                 "runs": len(times[tool])}  # fmt: skip
+                rows.append(row)
+                for path in scores.values():
+                    Path(path).unlink(missing_ok=True)
+    write_table(rows, args)
+
+
+def write_table(rows: list[dict], args) -> None:
+    def cell(r, tool):
+        v = r[tool]
+        return "skipped" if v is None else f"{v['median']:.2f} s ({v['runs']}x), {v['peak']:.0f} MiB"
+
+    def ratio(r, tool):
+        v = r[tool]
+        return "-" if v is None else f"**{v['median'] / r['poisonlab']['median']:.1f}x**"
+
+    def diff(r, tool):
+        v = r[tool]
+        return "-" if v is None else f"{v['diff']:.1e}"
+
+    lines = [
+        "# TracInCP: poisonlab vs Captum",
+        "",
+        f"Date: {date.today().isoformat()}. Machine: {platform.machine()}, {os.cpu_count()} cores, "
+        f"torch {torch.__version__}, 1 thread per process, each measurement in a fresh process, tools "
+        f"alternated; median of {args.repeats} runs (Captum's default mode: 1 run). "
+        f"Command: `python benchmarks/tracin_vs_captum.py --sizes {args.sizes} --tests {args.tests}`.",
+        "",
+        f"Settings: MNIST training rows (first N) and M stratified test rows; K = {len(LRS)} checkpoints "
+        f"(learning rates {LRS}); all parameters; poisonlab memory budget {args.budget}; Captum batch size "
+        "256. Peak = peak resident memory of the call above the process's memory before it. "
+        "'speed-up' = Captum's time / ours. 'max rel diff' = max |Captum - ours| / max |ours|. "
+        "Captum runs whose estimated work exceeds the limit are skipped (their time would be hours).",
+        "",
+        "| model (params) | N | M | scores | poisonlab | Captum fast | speed-up | max rel diff | "
+        "Captum default | speed-up | max rel diff |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        m = r["m"] if r["what"] == "influence" else "-"
+        lines.append(
+            f"| {r['model']} ({r['params']:,}) | {r['n']:,} | {m} | {r['what']} | {cell(r, 'poisonlab')} | "
+            f"{cell(r, 'captum-fast')} | {ratio(r, 'captum-fast')} | {diff(r, 'captum-fast')} | "
+            f"{cell(r, 'captum-default')} | {ratio(r, 'captum-default')} | {diff(r, 'captum-default')} |"
+        )
+    text = "\n".join(lines) + "\n"
+    print(text)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
