@@ -44,7 +44,7 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def cmd_run(args) -> int:
-    from poisonlab.experiment import load_config, report_views, run_experiment
+    from poisonlab.experiment import load_config, report_figures, report_views, run_experiment
     from poisonlab.report import render_report
 
     if args.data_root:
@@ -55,7 +55,8 @@ def cmd_run(args) -> int:
     print(f"poisonlab: running {config.name!r} ({config.trials} trial(s)) -> {out}", file=sys.stderr)
     result = run_experiment(config, progress=progress)
     results = _clean_floats(result.results)
-    html = render_report(results, report_views(result, config.report_top_k), history=results.get("history"))
+    views = report_views(result, config.report_top_k)
+    html = render_report(results, views, history=results.get("history"), extra_figures=report_figures(result))
     write_atomic(out / "results.json", json.dumps(results, indent=2, default=_json_default) + "\n")
     write_atomic(out / "report.html", html)
     width = max(len(k) for k in results["metrics"]) if results["metrics"] else 10

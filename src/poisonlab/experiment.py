@@ -4,6 +4,11 @@ One ``seed`` fixes every random choice: trial ``t`` uses ``seed + t`` for the at
 model's initial weights, the training order and the detectors' draws, so a config repeats exactly on
 the CPU. Metrics are flat dotted names (``victim.clean_accuracy``, ``detection.tracin_self.auroc``),
 averaged over trials with their standard deviation.
+
+Model defenses (``defenses:``, e.g. fine-pruning) and input-time detectors (``input_detectors:``, STRIP)
+get a seeded share ``defender_fraction`` of the test set as the defender's clean data and are measured on
+the rest, against the first backdoor attack of the config: ``defense.<id>.clean_accuracy`` and
+``defense.<id>.attack_success`` (with ``_before``), ``<id>.far`` / ``<id>.frr`` (e.g. ``strip.far``).
 """
 
 from __future__ import annotations
@@ -22,8 +27,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 import poisonlab
 from poisonlab import data as datalib
-from poisonlab.attacks import Attack
+from poisonlab.attacks import Attack, BackdoorAttack
+from poisonlab.defenses import Defense
 from poisonlab.detection import Detector
+from poisonlab.detection.strip import InputDetector
 from poisonlab.errors import ConfigError
 from poisonlab.metrics import aggregate, detection_metrics, mad_threshold
 from poisonlab.models import MODELS, build_model
@@ -67,6 +74,15 @@ class ExperimentConfig(BaseModel):
     threshold: float | Literal["mad"] = Field("mad", description="flag rows with score >= threshold")
     threshold_k: float = Field(3.0, gt=0, description="k of the median + k * MAD rule")
     report_top_k: int = Field(24, ge=0, le=200)
+    defenses: list[dict[str, Any]] = Field(
+        default_factory=list, description="model defenses applied to the victim (fine_pruning)"
+    )
+    input_detectors: list[dict[str, Any]] = Field(
+        default_factory=list, description="input-time detectors run on the victim (strip)"
+    )
+    defender_fraction: float = Field(
+        0.5, gt=0, lt=1, description="test-set share given to defenses as clean data; the rest scores them"
+    )
 
     @field_validator("model")
     @classmethod
@@ -79,6 +95,10 @@ class ExperimentConfig(BaseModel):
     def _methods(self):
         self.build_attacks()
         self.build_detectors()
+        self.build_defenses()
+        for ident, _ in self.build_input_detectors():
+            if ident.split(".")[0] in _METRIC_GROUPS:
+                raise ValueError(f"input detector id {ident!r} clashes with the metric group of that name")
         return self
 
     def build_attacks(self) -> list[tuple[str, Attack]]:
@@ -89,12 +109,25 @@ class ExperimentConfig(BaseModel):
         """(id, detector) for each configured detector, validated; ``id`` defaults to the name."""
         return _build("detector", self.detectors)
 
+    def build_defenses(self) -> list[tuple[str, Defense]]:
+        """(id, defense) for each configured model defense, validated."""
+        return _build("defense", self.defenses)
+
+    def build_input_detectors(self) -> list[tuple[str, InputDetector]]:
+        """(id, input detector) for each configured input-time detector, validated."""
+        return _build("input_detector", self.input_detectors)
+
     def resolved(self) -> dict[str, Any]:
         """The config with every default filled in, as saved in results.json."""
         out = self.model_dump(mode="json")
         out["attacks"] = [{"id": i, **m.spec()} for i, m in self.build_attacks()]
         out["detectors"] = [{"id": i, **m.spec()} for i, m in self.build_detectors()]
+        out["defenses"] = [{"id": i, **m.spec()} for i, m in self.build_defenses()]
+        out["input_detectors"] = [{"id": i, **m.spec()} for i, m in self.build_input_detectors()]
         return out
+
+
+_METRIC_GROUPS = {"victim", "clean", "attack", "detection", "defense", "purification"}
 
 
 def _build(kind: str, specs: list[dict[str, Any]]):
@@ -160,6 +193,9 @@ class TrialArtifacts:
     run: TrainRun
     scores: dict[str, np.ndarray] = field(default_factory=dict)
     thresholds: dict[str, float] = field(default_factory=dict)
+    backdoors: dict[str, dict[str, Any]] = field(default_factory=dict)  # trigger and triggered examples
+    input_detection: dict[str, dict[str, Any]] = field(default_factory=dict)  # STRIP entropies, boundary
+    defenses: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-step tables of the repairs
 
 
 @dataclass
@@ -246,7 +282,84 @@ def run_trial(
                     value = detection_metrics(scores[keep], is_poison[keep], thr).get(key)
                     if value is not None:
                         metrics[f"detection.{ident}.{gid}.{key}"] = value
+    _backdoor_examples(artifacts, attacks, test_set)
+    _defend(config, victim, attacks, poisoned, test_set, seed, metrics, timings, artifacts)
     return metrics, timings, artifacts
+
+
+def _first_backdoor(attacks, poisoned: PoisonedDataset):
+    """(attack, goal) of the first backdoor attack of the config, or (None, None)."""
+    for (_, attack), goal in zip(attacks, poisoned.goals):
+        if isinstance(attack, BackdoorAttack):
+            return attack, goal
+    return None, None
+
+
+def _backdoor_examples(artifacts: TrialArtifacts, attacks, test_set, count: int = 6) -> None:
+    """The report's trigger picture, a few poisoned rows and a few triggered test images per backdoor."""
+    poisoned = artifacts.poisoned
+    for gi, ((ident, attack), goal) in enumerate(zip(attacks, poisoned.goals)):
+        if not isinstance(attack, BackdoorAttack) or goal.trigger is None:
+            continue
+        rows = poisoned.mask_of(gi).nonzero().flatten()[:count]
+        orig = {int(i): j for j, i in enumerate(poisoned.poison_idx.tolist())}
+        classes = poisoned.data.classes
+        captions = [
+            f"#{int(i)} given {classes[poisoned.data.y[i]]} / orig "
+            f"{classes[poisoned.original.y[orig[int(i)]]]}"
+            for i in rows
+        ]
+        trig = attack.triggered(test_set.subset(torch.arange(min(len(test_set), 200))), goal)
+        artifacts.backdoors[ident] = {
+            "trigger": goal.trigger.numpy(),
+            "poisons": poisoned.data.x[rows].numpy(),
+            "originals": poisoned.original.x[[orig[int(i)] for i in rows]].numpy(),
+            "captions": captions,
+            "triggered": trig.x[:count].numpy(),
+            "triggered_captions": [f"test {classes[c]} + trigger" for c in trig.y[:count].tolist()],
+        }
+
+
+def _defend(config, victim, attacks, poisoned, test_set, seed, metrics, timings, artifacts) -> None:
+    """Input detectors and model defenses on the victim, with a seeded defender's share of the test set."""
+    defenses, input_detectors = config.build_defenses(), config.build_input_detectors()
+    if not defenses and not input_detectors:
+        return
+    if len(test_set) < 4:
+        raise ConfigError(f"defenses need a test set of at least 4 rows, got {len(test_set)}")
+    perm = torch.randperm(len(test_set), generator=torch.Generator().manual_seed(seed))
+    n_def = min(len(test_set) - 2, max(2, round(config.defender_fraction * len(test_set))))
+    defender, held = test_set.subset(perm[:n_def]), test_set.subset(perm[n_def:])
+    attack, goal = _first_backdoor(attacks, poisoned)
+    trig_held = attack.triggered(held, goal).x if attack is not None else held.x[:0]
+    for ident, detector in input_detectors:
+        t0 = time.perf_counter()
+        values, entropies = detector.evaluate(
+            victim.model, defender, trig_held, torch.Generator().manual_seed(seed)
+        )
+        timings[f"input_detect.{ident}"] = time.perf_counter() - t0
+        for key, value in values.items():
+            metrics[f"{ident}.{key}"] = value
+        artifacts.input_detection[ident] = {**entropies, "boundary": values["boundary"], "frr": detector.frr}
+    for ident, defense in defenses:
+        t0 = time.perf_counter()
+        target = attack.target if attack is not None else None
+        trig_def = attack.triggered(defender, goal).x if attack is not None else None
+        repair = defense.repair(victim.model, defender, triggered=trig_def, target=target, seed=seed)
+        timings[f"defense.{ident}"] = time.perf_counter() - t0
+        prefix = f"defense.{ident}"
+        for when, model in (("_before", victim.model), ("", repair.model)):
+            metrics[f"{prefix}.clean_accuracy{when}"] = accuracy(model, held)
+            if attack is not None:
+                success = attack.evaluate(model, held, goal).get("success_rate", float("nan"))
+                metrics[f"{prefix}.attack_success{when}"] = success
+        kept = repair.steps[repair.info.get("kept_step", len(repair.steps) - 1)] if repair.steps else {}
+        if "pruned_fraction" in kept:
+            metrics[f"{prefix}.pruned_fraction"] = kept["pruned_fraction"]
+        metrics[f"{prefix}.steps"] = float(max(0, len(repair.steps) - 1))
+        artifacts.defenses[ident] = {"name": defense.name, "steps": repair.steps, **repair.info,
+                                     "max_accuracy_drop": getattr(defense, "max_accuracy_drop", None),
+                                     "target_success": getattr(defense, "target_success", None)}  # fmt: skip
 
 
 def run_experiment(config: ExperimentConfig, *, progress: bool = False) -> ExperimentResult:
@@ -278,6 +391,7 @@ def run_experiment(config: ExperimentConfig, *, progress: bool = False) -> Exper
         "metrics_std": std,
         "per_trial": per_trial,
         "history": first.run.history,
+        **({"defenses": first.defenses} if first.defenses else {}),
         "timings": timings,
         "versions": {
             "poisonlab": poisonlab.__version__,
@@ -323,3 +437,11 @@ def report_views(result: ExperimentResult, top_k: int):
             )
         )
     return views
+
+
+def report_figures(result: ExperimentResult) -> dict[str, bytes]:
+    """The report's extra figures of the first trial (triggers, STRIP entropies, fine-pruning curves)."""
+    from poisonlab.report import backdoor_figures
+
+    art = result.first
+    return backdoor_figures(art.backdoors, art.input_detection, art.defenses)

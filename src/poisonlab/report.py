@@ -28,7 +28,16 @@ from matplotlib.figure import Figure
 
 from poisonlab.errors import PoisonlabError
 
-__all__ = ["DetectorView", "figure_to_png", "render_report", "write_report"]
+__all__ = [
+    "DetectorView",
+    "backdoor_figures",
+    "figure_to_png",
+    "fine_pruning_png",
+    "render_report",
+    "strip_histogram_png",
+    "trigger_png",
+    "write_report",
+]
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _GROUP_ORDER = ("victim", "clean", "attack", "purification", "defense", "detection")
@@ -154,8 +163,13 @@ def _histogram_png(view: DetectorView) -> bytes | None:
         kwargs.pop("label")
         ax.hist(x, histtype="step", linewidth=1.4, **kwargs)
     if view.threshold is not None and math.isfinite(view.threshold) and (not log_x or view.threshold > 0):
-        ax.axvline(view.threshold, color="black", linestyle="--", linewidth=1.2,
-                   label=f"threshold = {_fmt_num(view.threshold)}")
+        ax.axvline(
+            view.threshold,
+            color="black",
+            linestyle="--",
+            linewidth=1.2,
+            label=f"threshold = {_fmt_num(view.threshold)}",
+        )
     ax.set_xlabel("score (higher = more suspicious)" + (", log scale" if log_x else ""))
     ax.set_ylabel("fraction of group per bin" if log_x else "density")
     title = f"{view.name}: score distribution by group"
@@ -217,8 +231,14 @@ def _roc_png(view: DetectorView, curves: list[_Curve]) -> bytes:
     ax.plot([0, 1], [0, 1], color="0.6", linestyle=":", linewidth=1, label="chance")
     for key, fpr, tpr, auc, n in curves:
         style = "--" if key == _ALL_POISONED else "-"
-        ax.plot(fpr, tpr, style, color=colours.get(key, "tab:gray"), linewidth=1.6,
-                label=_mpl_text(f"{key} vs clean (AUROC {auc:.4f}, n={n})"))
+        ax.plot(
+            fpr,
+            tpr,
+            style,
+            color=colours.get(key, "tab:gray"),
+            linewidth=1.6,
+            label=_mpl_text(f"{key} vs clean (AUROC {auc:.4f}, n={n})"),
+        )
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)
     ax.set_aspect("equal")
@@ -289,6 +309,127 @@ def _history_png(history: list[dict]) -> bytes | None:
     return figure_to_png(fig)
 
 
+def _show(ax, img: np.ndarray, title: str, colour: str = "black") -> None:
+    img = np.clip(np.nan_to_num(np.asarray(img, float), nan=0.0), 0.0, 1.0)
+    if img.shape[0] == 1:
+        ax.imshow(img[0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    else:
+        ax.imshow(img.transpose(1, 2, 0), interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(_mpl_text("\n".join(textwrap.wrap(title, 22)[:3])), fontsize=7, color=colour)
+
+
+def trigger_png(
+    trigger: np.ndarray,
+    poisons: np.ndarray,
+    captions: list[str],
+    triggered: np.ndarray,
+    triggered_captions: list[str],
+    originals: np.ndarray | None = None,
+) -> bytes:
+    """The trigger (pattern and mask), poisoned training rows (and originals) and triggered test images."""
+    trigger = np.asarray(trigger, float)
+    rows = [("trigger", [(trigger[0] * trigger[1], "pattern x mask"), (trigger[1], "mask (alpha)")])]
+    if originals is not None and len(originals):
+        named = [(x, "original: " + c.split(" / ")[-1]) for x, c in zip(originals, captions)]
+        rows.append(("originals", named))
+    rows.append(("poisons", list(zip(poisons, captions))))
+    if len(triggered):
+        rows.append(("triggered", list(zip(triggered, triggered_captions))))
+    rows = [(name, items) for name, items in rows if items]
+    ncols = max(len(items) for _, items in rows)
+    fig = Figure(figsize=(1.5 * ncols, 1.85 * len(rows)))
+    for r, (name, items) in enumerate(rows):
+        for c, (img, title) in enumerate(items):
+            ax = fig.add_subplot(len(rows), ncols, r * ncols + c + 1)
+            _show(
+                ax,
+                img if np.asarray(img).ndim == 3 else np.asarray(img)[None],
+                title,
+                "tab:red" if name in ("poisons", "triggered") else "black",
+            )
+    fig.tight_layout()
+    return figure_to_png(fig)
+
+
+def strip_histogram_png(
+    name: str, clean: np.ndarray, triggered: np.ndarray, boundary: float, frr: float | None = None
+) -> bytes:
+    """STRIP: entropy histograms of clean and triggered inputs with the fitted boundary."""
+    fig = Figure(figsize=(6.4, 3.6))
+    ax = fig.add_subplot()
+    values = np.concatenate([np.asarray(clean, float), np.asarray(triggered, float)])
+    values = values[np.isfinite(values)]
+    edges = np.linspace(values.min(), values.max() + 1e-9, 41) if values.size else 10
+    for label, x, colour in (("clean", clean, _CLEAN_COLOUR), ("triggered", triggered, "tab:red")):
+        x = np.asarray(x, float)
+        if x.size:
+            ax.hist(x, bins=edges, density=True, alpha=0.35, color=colour, label=f"{label} (n={x.size})")
+    if math.isfinite(boundary):
+        text = f"boundary {boundary:.4g}" + (f" (FRR {100 * frr:g}%)" if frr is not None else "")
+        ax.axvline(boundary, color="black", linestyle="--", linewidth=1.2, label=text)
+    ax.set_xlabel("mean prediction entropy over superimposed inputs (low = trojaned)")
+    ax.set_ylabel("density")
+    ax.set_title(_mpl_text(f"{name}: entropy of clean and triggered inputs"), fontsize=10)
+    ax.legend(fontsize=8, frameon=False)
+    ax.grid(alpha=0.3)
+    return figure_to_png(fig)
+
+
+def fine_pruning_png(name: str, steps: list[dict], cutoff=None, target_success=None, kept=None) -> bytes:
+    """Fine-pruning: clean accuracy and attack success after each prune + fine-tune step."""
+    fig = Figure(figsize=(6.4, 3.6))
+    ax = fig.add_subplot()
+    x = np.array([100 * float(s.get("pruned_fraction", 0.0)) for s in steps])
+    for key, label, colour in (
+        ("clean_accuracy", "clean accuracy", _CLEAN_COLOUR),
+        ("attack_success", "attack success", "tab:red"),
+    ):
+        y = np.array([100 * float(s[key]) if _is_number(s.get(key)) else np.nan for s in steps])
+        if np.isfinite(y).any():
+            ax.plot(x, y, marker="o", markersize=3, linewidth=1.5, color=colour, label=label)
+    if _is_number(cutoff):
+        ax.axhline(100 * cutoff, color=_CLEAN_COLOUR, linestyle=":", linewidth=1, label="accuracy cutoff")
+    if _is_number(target_success):
+        ax.axhline(100 * target_success, color="tab:red", linestyle=":", linewidth=1, label="success target")
+    if kept is not None and 0 <= kept < len(x):
+        ax.axvline(x[kept], color="black", linestyle="--", linewidth=1, label="model kept")
+    ax.set_xlabel("channels of the last conv layer pruned (%)")
+    ax.set_ylabel("%")
+    ax.set_ylim(-2, 102)
+    ax.set_title(_mpl_text(f"{name}: prune and fine-tune"), fontsize=10)
+    ax.legend(fontsize=8, frameon=False)
+    ax.grid(alpha=0.3)
+    return figure_to_png(fig)
+
+
+def backdoor_figures(
+    backdoors: Mapping[str, Mapping], input_detection: Mapping[str, Mapping], defenses: Mapping[str, Mapping]
+) -> dict[str, bytes]:
+    """Report figures (title -> PNG) for backdoor triggers, STRIP entropies and fine-pruning curves."""
+    out: dict[str, bytes] = {}
+    for ident, b in backdoors.items():
+        out[f"Backdoor {ident}: trigger and triggered examples"] = trigger_png(
+            b["trigger"],
+            b["poisons"],
+            b["captions"],
+            b["triggered"],
+            b["triggered_captions"],
+            b.get("originals"),
+        )
+    for ident, d in input_detection.items():
+        out[f"Input detector {ident}: entropy histograms"] = strip_histogram_png(
+            ident, d["clean"], d["triggered"], float(d["boundary"]), d.get("frr")
+        )
+    for ident, d in defenses.items():
+        if d.get("steps"):
+            out[f"Defense {ident}: accuracy and attack success per step"] = fine_pruning_png(
+                ident, d["steps"], d.get("cutoff"), d.get("target_success"), d.get("kept_step")
+            )
+    return out
+
+
 # --------------------------------------------------------------------------- formatting
 
 
@@ -310,9 +451,10 @@ def _fmt_num(v: Any) -> str:
             return "–"
         if math.isinf(f):
             return "∞" if f > 0 else "−∞"
-        if f.is_integer() and abs(f) < 1e6:
+        if f.is_integer() and 1 < abs(f) < 1e6:  # counts stored as floats
             return f"{int(f):d}"
-        return f"{f:.4g}"
+        text = f"{f:#.4g}"  # 4 significant digits, trailing zeros kept: 1.000, 0.9500
+        return text[:-1] if text.endswith(".") else text
     return str(v)
 
 
@@ -429,19 +571,27 @@ def _detector_summary(view: DetectorView, aurocs: dict[str, float]) -> str:
         mean = _fmt_num(float(fin.mean())) if fin.size else "–"
         flagged = f"{100.0 * float((x >= thr).mean()):.1f}%" if thr is not None and x.size else "–"
         auc = _fmt_num(aurocs[key]) if key in aurocs else "–"
-        rows.append(f"<tr><td class='name'>{_e(key)}</td><td class='num'>{int(mask.sum())}</td>"
-                    f"<td class='num'>{_e(mean)}</td><td class='num'>{_e(flagged)}</td>"
-                    f"<td class='num'>{_e(auc)}</td></tr>")
+        rows.append(
+            f"<tr><td class='name'>{_e(key)}</td><td class='num'>{int(mask.sum())}</td>"
+            f"<td class='num'>{_e(mean)}</td><td class='num'>{_e(flagged)}</td>"
+            f"<td class='num'>{_e(auc)}</td></tr>"
+        )
     if _ALL_POISONED in aurocs:
-        rows.append(f"<tr><td class='name'>{_ALL_POISONED}</td><td colspan='3'></td>"
-                    f"<td class='num'>{_e(_fmt_num(aurocs[_ALL_POISONED]))}</td></tr>")
+        rows.append(
+            f"<tr><td class='name'>{_ALL_POISONED}</td><td colspan='3'></td>"
+            f"<td class='num'>{_e(_fmt_num(aurocs[_ALL_POISONED]))}</td></tr>"
+        )
     if not rows:
         return ""
-    head = ("<tr><th>group</th><th>rows</th><th>mean score</th><th>flagged at threshold</th>"
-            "<th>AUROC vs clean</th></tr>")
+    head = (
+        "<tr><th>group</th><th>rows</th><th>mean score</th><th>flagged at threshold</th>"
+        "<th>AUROC vs clean</th></tr>"
+    )
     thr_text = f"threshold {_e(_fmt_num(thr))}" if thr is not None else "no threshold set"
-    return (f"<table class='summary'><caption>{len(view.scores)} rows, {thr_text}</caption>"
-            f"<thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>")
+    return (
+        f"<table class='summary'><caption>{len(view.scores)} rows, {thr_text}</caption>"
+        f"<thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
+    )
 
 
 def _detector_section(view: DetectorView, anchor: str) -> str:
@@ -451,14 +601,18 @@ def _detector_section(view: DetectorView, anchor: str) -> str:
     figs = []
     hist = _histogram_png(view)
     if hist is not None:
-        figs.append(f"<figure>{_img_tag(hist, f'{view.name} score histogram')}"
-                    "<figcaption>Score distribution per group (each density-normalised)."
-                    "</figcaption></figure>")
+        figs.append(
+            f"<figure>{_img_tag(hist, f'{view.name} score histogram')}"
+            "<figcaption>Score distribution per group (each density-normalised)."
+            "</figcaption></figure>"
+        )
     else:
         figs.append("<p class='note'>No finite scores to plot.</p>")
     if curves:
-        figs.append(f"<figure>{_img_tag(_roc_png(view, curves), f'{view.name} ROC')}"
-                    "<figcaption>ROC of each poisoned group against the clean rows.</figcaption></figure>")
+        figs.append(
+            f"<figure>{_img_tag(_roc_png(view, curves), f'{view.name} ROC')}"
+            "<figcaption>ROC of each poisoned group against the clean rows.</figcaption></figure>"
+        )
     else:
         figs.append(f"<p class='note'>{_e(roc_note)}.</p>")
     parts.append(f"<div class='figrow'>{''.join(figs)}</div>")
@@ -467,10 +621,12 @@ def _detector_section(view: DetectorView, anchor: str) -> str:
     if grid is not None:
         alt = f"{view.name} top suspicious: " + "; ".join(view.top_captions)
         n_poisoned = int(view.top_poisoned.sum())
-        parts.append(f"<figure>{_img_tag(grid, alt)}<figcaption>Most suspicious first; "
-                     f"<span class='bad'>red</span> = poisoned ({n_poisoned}), "
-                     f"<span class='good'>green</span> = clean ({len(view.top_poisoned) - n_poisoned})."
-                     "</figcaption></figure>")
+        parts.append(
+            f"<figure>{_img_tag(grid, alt)}<figcaption>Most suspicious first; "
+            f"<span class='bad'>red</span> = poisoned ({n_poisoned}), "
+            f"<span class='good'>green</span> = clean ({len(view.top_poisoned) - n_poisoned})."
+            "</figcaption></figure>"
+        )
     else:
         parts.append("<p class='note'>No images given.</p>")
     parts.append("</section>")
@@ -478,10 +634,13 @@ def _detector_section(view: DetectorView, anchor: str) -> str:
 
 
 def _kv_table(d: Mapping, value_fmt, klass: str, head: tuple[str, str]) -> str:
-    rows = "".join(f"<tr><td class='name'>{_e(k)}</td><td class='num'>{_e(value_fmt(v))}</td></tr>"
-                   for k, v in d.items())
-    return (f"<table class='{klass}'><thead><tr><th>{_e(head[0])}</th><th>{_e(head[1])}</th></tr></thead>"
-            f"<tbody>{rows}</tbody></table>")
+    rows = "".join(
+        f"<tr><td class='name'>{_e(k)}</td><td class='num'>{_e(value_fmt(v))}</td></tr>" for k, v in d.items()
+    )
+    return (
+        f"<table class='{klass}'><thead><tr><th>{_e(head[0])}</th><th>{_e(head[1])}</th></tr></thead>"
+        f"<tbody>{rows}</tbody></table>"
+    )
 
 
 _CSS = """
@@ -533,12 +692,16 @@ def render_report(
 
     if history:
         png = _history_png(history)
-        body = (f"<figure>{_img_tag(png, 'training history')}</figure>" if png is not None
-                else "<p class='note'>No plottable values in the training history.</p>")
+        body = (
+            f"<figure>{_img_tag(png, 'training history')}</figure>"
+            if png is not None
+            else "<p class='note'>No plottable values in the training history.</p>"
+        )
         sections.append(f"<section id='history'><h2>Training history</h2>{body}</section>")
         toc.append(("history", "Training history"))
 
-    for i, (title, png) in enumerate((extra_figures or {}).items()):
+    extra = dict(extra_figures or {})
+    for i, (title, png) in enumerate(extra.items()):
         anchor = f"fig-{i}-{_slug(str(title))}"
         if isinstance(png, (bytes, bytearray)) and bytes(png[:8]) == PNG_SIGNATURE:
             body = f"<figure>{_img_tag(bytes(png), str(title))}</figure>"
@@ -549,13 +712,17 @@ def render_report(
 
     timings = _flatten(results.get("timings") or {})
     if timings:
-        sections.append("<section id='timings'><h2>Timings</h2>"
-                        f"{_kv_table(timings, _fmt_seconds, 'timings', ('step', 'time'))}</section>")
+        sections.append(
+            "<section id='timings'><h2>Timings</h2>"
+            f"{_kv_table(timings, _fmt_seconds, 'timings', ('step', 'time'))}</section>"
+        )
         toc.append(("timings", "Timings"))
     versions = _flatten(results.get("versions") or {})
     if versions:
-        sections.append("<section id='versions'><h2>Versions</h2>"
-                        f"{_kv_table(versions, str, 'versions', ('package', 'version'))}</section>")
+        sections.append(
+            "<section id='versions'><h2>Versions</h2>"
+            f"{_kv_table(versions, str, 'versions', ('package', 'version'))}</section>"
+        )
         toc.append(("versions", "Versions"))
     config = _e(_config_text(results.get("config")))
     sections.append(f"<section id='config'><h2>Resolved config</h2><pre>{config}</pre></section>")

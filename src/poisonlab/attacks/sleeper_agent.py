@@ -1,0 +1,203 @@
+"""Sleeper Agent (Souri et al. 2022; seed 003 section 5.1): a clean-label, hidden-trigger backdoor.
+
+The poisons are target-class training images that keep their labels; their bounded perturbations delta
+(||delta||_inf <= eps) make the training gradient align with the gradient of the *adversarial* loss,
+source-class images with the patch trigger labelled as the target:
+
+    g_adv = grad_theta L(F(x_src + trigger), y_target)
+    min_delta  1 - cos(grad_theta L(F(x_p + delta_p), y_p), g_adv)      (all parameters, one cosine)
+
+The poisons are the target-class rows with the largest per-sample gradient norm at the surrogate; delta is
+optimised by signed Adam with the learning rate divided by 10 at 3/8, 5/8 and 7/8 of the steps, and the
+surrogate is retrained from scratch on the poisoned set every ``retrain_every`` steps. The training poisons
+carry no trigger: it is only stamped at test time.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from poisonlab.attacks.backdoor import BackdoorAttack, Corner, corner_offset, patch_pattern
+from poisonlab.data import Dataset
+from poisonlab.errors import ConfigError
+from poisonlab.models import MODELS, build_model
+from poisonlab.poison import AttackGoal, PoisonedDataset
+from poisonlab.registry import register
+from poisonlab.training import TrainConfig, train
+
+
+def gradient_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Per-sample norm of the loss gradient over all parameters (torch.func vmap over grad), eval mode."""
+    model.eval()
+    params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    buffers = {n: b.detach() for n, b in model.named_buffers()}
+
+    def loss(p, xi, yi):
+        out = functional_call(model, {**buffers, **p}, (xi.unsqueeze(0),))
+        return F.cross_entropy(out, yi.unsqueeze(0))
+
+    per_sample = vmap(grad(loss), in_dims=(None, 0, 0))
+    norms = []
+    for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
+        g = per_sample(params, xb, yb)
+        norms.append(torch.sqrt(sum(v.reshape(len(xb), -1).pow(2).sum(1) for v in g.values())))
+    return torch.cat(norms)
+
+
+def matching_loss(
+    grads: tuple[torch.Tensor, ...], target: tuple[torch.Tensor, ...], target_norm
+) -> torch.Tensor:
+    """1 - cos(grads, target), the cosine over all parameters at once."""
+    dot = sum((g * t).sum() for g, t in zip(grads, target))
+    norm = torch.sqrt(sum(g.pow(2).sum() for g in grads))
+    return 1 - dot / (norm * target_norm + 1e-12)
+
+
+@register("attack", "sleeper_agent")
+class SleeperAgent(BackdoorAttack):
+    """Sleeper Agent (Souri 2022; seed 003): gradient matching toward patched source images, clean labels."""
+
+    source: int | None = Field(
+        1, ge=0, description="class whose triggered images should become `target`; None: every other class"
+    )
+    fraction: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="poisons as a share of the whole training set, from the target class "
+        "(1% when neither fraction nor count is set)",
+    )
+    count: int | None = Field(None, ge=1, description="number of poisons (instead of a fraction)")
+    eps: float = Field(16 / 255, gt=0, le=1, description="L_inf bound of the perturbations")
+    patch_size: int = Field(8, ge=1, description="side of the square trigger patch in pixels")
+    position: Corner | tuple[int, int] = Field(
+        "random", description="where the patch goes on source images: a corner, 'random', or [top, left]"
+    )
+    pattern: Literal["random", "checkerboard", "white"] = Field("random", description="patch content")
+    pattern_seed: int = Field(0, ge=0, description="seed of the 'random' patch")
+    steps: int = Field(250, ge=1, description="optimisation steps on the perturbations")
+    lr: float = Field(0.1, gt=0, description="signed-Adam step size, in units of eps")
+    retrain_every: int = Field(
+        50, ge=0, description="retrain the surrogate from scratch every k steps; 0: never"
+    )
+    num_sources: int | None = Field(
+        None, ge=1, description="source images for g_adv; all of the class if unset"
+    )
+    surrogate: str = Field("cnn", description="surrogate model architecture")
+    surrogate_epochs: int = Field(20, ge=1)
+    surrogate_lr: float = Field(0.05, gt=0)
+    surrogate_batch_size: int = Field(64, ge=1)
+    augment: bool = Field(False, description="train the surrogate with random crop + flip")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.fraction is not None and self.count is not None:
+            raise ValueError("give at most one of fraction and count")
+        if self.source is not None and self.source == self.target:
+            raise ValueError("source and target must differ")
+        if self.surrogate not in MODELS:
+            raise ValueError(f"unknown surrogate model {self.surrogate!r}; known: {', '.join(MODELS)}")
+        return self
+
+    def source_mask(self, y: torch.Tensor) -> torch.Tensor:
+        return y == self.source if self.source is not None else y != self.target
+
+    def _trigger(self, shape) -> torch.Tensor:
+        c, h, w = shape
+        if self.patch_size > min(h, w):
+            raise ConfigError(
+                f"sleeper_agent: patch_size {self.patch_size} is larger than the {h}x{w} images"
+            )
+        p = patch_pattern(self.pattern, self.patch_size, c, self.pattern_seed)
+        return torch.stack([p, torch.ones_like(p)])
+
+    def _place(self, n, shape, generator):
+        _, h, w = shape
+        s = self.patch_size
+        if self.position == "random":
+            top = torch.randint(0, h - s + 1, (n,), generator=generator)
+            return top, torch.randint(0, w - s + 1, (n,), generator=generator)
+        if isinstance(self.position, str):
+            return corner_offset(self.position, s, h, w, 0)
+        return tuple(int(v) for v in self.position)
+
+    def _surrogate(self, data: Dataset, seed: int) -> nn.Module:
+        model = build_model(self.surrogate, data.input_shape, data.num_classes, seed=seed)
+        config = TrainConfig(
+            epochs=self.surrogate_epochs,
+            lr=self.surrogate_lr,
+            batch_size=self.surrogate_batch_size,
+            milestones=(max(1, int(0.75 * self.surrogate_epochs)),),
+            augment=self.augment,
+            checkpoint_every=self.surrogate_epochs,
+            device="cpu",
+        )
+        model = train(model, data, config, seed=seed).model.eval()
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+
+    def craft(self, train: Dataset, *, generator: torch.Generator, victim: nn.Module | None = None):
+        self._check_target(train)
+        if self.source is not None and self.source >= train.num_classes:
+            raise ConfigError(
+                f"sleeper_agent: source class {self.source} is not in {train.name or 'the data'}"
+            )
+        target_rows = (train.y == self.target).nonzero().flatten()
+        n = self.count if self.count is not None else round((self.fraction or 0.01) * len(train))
+        if n < 1 or n > len(target_rows):
+            raise ConfigError(
+                f"sleeper_agent: {n} poisons asked, the target class has {len(target_rows)} rows"
+            )
+        sources = self.source_mask(train.y).nonzero().flatten()
+        if self.num_sources is not None:
+            sources = sources[torch.randperm(len(sources), generator=generator)[: self.num_sources]]
+        trigger = self._trigger(train.input_shape)
+        goal = AttackGoal(self.name, self.model_dump(), adversarial_label=self.target, trigger=trigger)
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+
+        model = self._surrogate(train, seed)
+        norms = gradient_norms(model, train.x[target_rows], train.y[target_rows])
+        idx = target_rows[norms.argsort(descending=True)[:n]].sort().values
+        base, labels = train.x[idx], train.y[idx]
+        delta = torch.zeros_like(base, requires_grad=True)
+        opt = torch.optim.Adam([delta], lr=self.lr)
+        milestones = [int(self.steps * f) for f in (3 / 8, 5 / 8, 7 / 8)]
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=0.1)
+        x_src = train.x[sources]
+        y_adv = torch.full((len(sources),), self.target, dtype=torch.int64)
+        target_grad, target_norm = None, None
+        losses: list[float] = []
+        for step in range(self.steps):
+            if self.retrain_every and step and step % self.retrain_every == 0:
+                model = self._surrogate(self._released(train, idx, base, delta), seed + step)
+                target_grad = None
+            params = [p for p in model.parameters() if p.requires_grad]
+            if target_grad is None:  # a fresh draw of trigger places for each surrogate
+                adv = self.apply_trigger(x_src, goal, generator)
+                target_grad = torch.autograd.grad(F.cross_entropy(model(adv), y_adv), params)
+                target_grad = tuple(g.detach() for g in target_grad)
+                target_norm = torch.sqrt(sum(g.pow(2).sum() for g in target_grad))
+            x = (base + self.eps * delta).clamp(0, 1)
+            grads = torch.autograd.grad(F.cross_entropy(model(x), labels), params, create_graph=True)
+            loss = matching_loss(grads, target_grad, target_norm)
+            (delta.grad,) = torch.autograd.grad(loss, delta)
+            delta.grad.sign_()
+            opt.step()
+            sched.step()
+            with torch.no_grad():
+                delta.clamp_(-1, 1)
+            losses.append(float(loss.detach()))
+        goal.params["matching_loss"] = {"first": losses[0], "last": losses[-1], "min": min(losses)}
+        return PoisonedDataset.from_rows(train, self._released(train, idx, base, delta), idx, goal)
+
+    def _released(self, train: Dataset, idx, base, delta) -> Dataset:
+        x = train.x.clone()
+        x[idx] = (base + self.eps * delta.detach()).clamp(0, 1)
+        return Dataset._trusted(x, train.y.clone(), train.classes, train.name)

@@ -1,0 +1,180 @@
+"""Fine-pruning (Liu, Dolan-Gavitt & Garg 2018; seed 004 sections 2-4).
+
+Backdoor neurons tend to be dormant on clean inputs, so: rank the channels of the last convolutional layer
+by their mean activation on clean data, prune (mask) the least active, and fine-tune on clean data with a
+small learning rate so the remaining neurons unlearn the trigger. Seed 004's loop, which we follow:
+
+    cutoff = clean_accuracy(model) - max_accuracy_drop
+    while clean_accuracy >= cutoff and attack_success >= target_success:
+        prune `step` more of the channels (least active first), fine-tune, measure both
+
+and keep the last model whose clean accuracy is at or above the cutoff. The "last conv layer" is found
+generically: the last ``nn.Conv2d`` of ``model.body``; its output channels are masked at the output of
+the top-level block that holds it (the conv itself in ``cnn``, the last residual block in ``resnet18``,
+whose post-ReLU output is what a pruned channel must silence).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from poisonlab.data import Dataset
+from poisonlab.defenses.base import Defense, Repair
+from poisonlab.errors import ConfigError
+from poisonlab.registry import register
+from poisonlab.training import TrainConfig, accuracy, predict, train
+
+
+class ChannelMask(nn.Module):
+    """Multiplies a (N, C, H, W) activation by a fixed 0/1 mask over its C channels (a buffer)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.register_buffer("mask", torch.ones(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.mask.view(1, -1, *([1] * (x.ndim - 2)))
+
+
+def mask_last_conv(model: nn.Module) -> ChannelMask:
+    """Put a :class:`ChannelMask` after the top-level block of ``model.body`` holding its last Conv2d
+    (in place; idempotent) and return it."""
+    body = getattr(model, "body", None)
+    if not isinstance(body, nn.Sequential):
+        raise ConfigError("fine_pruning needs a model whose `body` is a Sequential (cnn, resnet18)")
+    for child in body:
+        if isinstance(child, nn.Sequential) and len(child) == 2 and isinstance(child[1], ChannelMask):
+            return child[1]
+    convs = [(name, m) for name, m in body.named_modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ConfigError("fine_pruning needs a convolutional model (cnn, resnet18): no Conv2d in its body")
+    name, conv = convs[-1]
+    top = name.split(".")[0]
+    mask = ChannelMask(conv.out_channels).to(conv.weight.device)
+    setattr(body, top, nn.Sequential(getattr(body, top), mask))
+    return mask
+
+
+@torch.no_grad()
+def channel_activations(model: nn.Module, mask: ChannelMask, x: torch.Tensor, batch_size: int = 512):
+    """Mean post-ReLU activation of each masked channel on ``x`` (before the mask is applied)."""
+    total = torch.zeros(len(mask.mask), dtype=torch.float64)
+    seen = []
+    handle = mask.register_forward_hook(
+        lambda mod, inp, out: seen.append(inp[0].relu().mean(dim=(0, *range(2, inp[0].ndim))).double().cpu())
+    )
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        for xb in x.split(batch_size):
+            model.features(xb.to(device))
+            total += seen.pop() * len(xb)
+    finally:
+        handle.remove()
+        model.train(was_training)
+    return total / max(1, len(x))
+
+
+def attack_success(model: nn.Module, triggered: torch.Tensor | None, target: int | None) -> float:
+    """Share of ``triggered`` inputs classified as ``target`` (NaN without a trigger)."""
+    if triggered is None or target is None or len(triggered) == 0:
+        return float("nan")
+    return (predict(model, triggered).argmax(1) == target).float().mean().item()
+
+
+@register("defense", "fine_pruning")
+class FinePruning(Defense):
+    """Fine-pruning (Liu 2018; seed 004): prune the last conv layer's dormant channels in steps, fine-tune."""
+
+    step: float = Field(0.05, gt=0, le=1, description="share of the channels pruned per step (seed 004: 5%)")
+    max_accuracy_drop: float = Field(
+        0.04, ge=0, le=1, description="stop once clean accuracy falls below the start minus this"
+    )
+    target_success: float = Field(
+        0.01, ge=0, le=1, description="stop once the attack success is below this (seed 004: 1%)"
+    )
+    max_pruned: float = Field(0.95, gt=0, lt=1, description="never prune more than this share of channels")
+    finetune_epochs: int = Field(2, ge=0, description="epochs of clean fine-tuning after each pruning step")
+    lr: float = Field(0.05, gt=0, description="fine-tuning learning rate (0.01 barely moved our small CNNs)")
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    batch_size: int = Field(64, ge=1)
+    val_fraction: float = Field(
+        0.3,
+        gt=0,
+        lt=1,
+        description="share of the defender's clean rows held out "
+        "to measure accuracy and success during the loop",
+    )
+    rerank: bool = Field(True, description="re-rank the remaining channels on the fine-tuned model each step")
+
+    def repair(self, model, clean: Dataset, *, triggered=None, target=None, seed: int = 0) -> Repair:
+        if len(clean) < 2:
+            raise ConfigError("fine_pruning needs at least 2 clean rows")
+        generator = torch.Generator().manual_seed(seed)
+        order = torch.randperm(len(clean), generator=generator)
+        n_val = min(len(clean) - 1, max(1, round(self.val_fraction * len(clean))))
+        val, tune = clean.subset(order[:n_val]), clean.subset(order[n_val:])
+        trig_val = None
+        if triggered is not None and len(triggered):
+            trig_val = triggered[torch.randperm(len(triggered), generator=generator)[: max(n_val, 1)]]
+        model = copy.deepcopy(model).eval()
+        mask = mask_last_conv(model)
+        channels = len(mask.mask)
+        per_step = max(1, round(self.step * channels))
+        limit = min(channels - 1, int(self.max_pruned * channels))
+        acc0, asr0 = accuracy(model, val), attack_success(model, trig_val, target)
+        cutoff = acc0 - self.max_accuracy_drop
+        steps = [
+            {"step": 0, "pruned": 0, "pruned_fraction": 0.0, "clean_accuracy": acc0, "attack_success": asr0}
+        ]
+        best_state = copy.deepcopy(model.state_dict())
+        ranking = channel_activations(model, mask, tune.x).argsort()
+        config = TrainConfig(
+            epochs=max(1, self.finetune_epochs),
+            lr=self.lr,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            batch_size=self.batch_size,
+            device="cpu",
+            checkpoint_every=max(1, self.finetune_epochs),
+        )
+        acc, asr, pruned = acc0, asr0, 0
+        while acc >= cutoff and not asr < self.target_success and pruned < limit:
+            if self.rerank and pruned:
+                act = channel_activations(model, mask, tune.x)
+                act[mask.mask == 0] = -1.0  # the pruned stay first
+                ranking = act.argsort()
+            pruned = min(limit, pruned + per_step)
+            with torch.no_grad():
+                mask.mask[ranking[:pruned]] = 0.0
+            if self.finetune_epochs:
+                train(model, tune, config, seed=seed + len(steps))
+            model.eval()
+            acc, asr = accuracy(model, val), attack_success(model, trig_val, target)
+            steps.append(
+                {
+                    "step": len(steps),
+                    "pruned": pruned,
+                    "pruned_fraction": pruned / channels,
+                    "clean_accuracy": acc,
+                    "attack_success": asr,
+                }
+            )
+            if acc >= cutoff:
+                best_state = copy.deepcopy(model.state_dict())
+        model.load_state_dict(best_state)
+        model.eval()
+        kept = max(i for i, s in enumerate(steps) if s["clean_accuracy"] >= cutoff)
+        info = {
+            "channels": channels,
+            "cutoff": cutoff,
+            "kept_step": kept,
+            "layer_channels_pruned": steps[kept]["pruned"],
+        }
+        return Repair(model, steps, info)

@@ -1,0 +1,61 @@
+"""Spectral signatures (Tran, Li & Madry 2018): backdoor poisons leave a trace in the top singular direction.
+
+Per given label c, with R_c the penultimate features of the rows labelled c centred on their mean and v_c
+the top right singular vector of R_c, each row's score is its squared projection
+
+    s_i = ((f_i - mean_c) . v_c)^2
+
+(Tran et al. remove the 1.5 eps rows of each class with the highest s). Features, not logits.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from poisonlab.data import Dataset
+from poisonlab.detection.base import Detector
+from poisonlab.registry import register
+from poisonlab.training import TrainRun
+
+
+@torch.no_grad()
+def penultimate(run: TrainRun, data: Dataset, batch_size: int = 1024) -> torch.Tensor:
+    """Penultimate features ``run.model.features(x)`` of every row (float64, CPU), kept in ``run.cache``."""
+    key = ("features", id(data), len(data))
+    if key not in run.cache:
+        model = run.model
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        feats = [model.features(xb.to(device)).flatten(1).cpu() for xb in data.x.split(batch_size)]
+        model.train(was_training)
+        run.cache[key] = torch.cat(feats).double() if feats else torch.zeros(0, 0, dtype=torch.float64)
+    return run.cache[key]
+
+
+def spectral_scores(features: torch.Tensor, labels: torch.Tensor, *, normalize: bool = False) -> np.ndarray:
+    """Squared projection of each row's class-centred features on its class's top singular direction."""
+    out = torch.zeros(len(labels), dtype=torch.float64)
+    for c in labels.unique():
+        rows = (labels == c).nonzero().flatten()
+        if len(rows) < 2:
+            continue
+        centred = features[rows] - features[rows].mean(0)
+        top = torch.linalg.svd(centred, full_matrices=False).Vh[0]
+        s = (centred @ top).pow(2)
+        out[rows] = s / s.median().clamp_min(1e-12) if normalize else s
+    return out.numpy()
+
+
+@register("detector", "spectral")
+class SpectralSignature(Detector):
+    """Spectral signatures (Tran 2018): squared projection on the class's top singular feature direction."""
+
+    normalize: bool = Field(
+        False, description="divide each class's scores by their median so classes compare"
+    )
+
+    def scores(self, data: Dataset, run: TrainRun, *, test=None, generator=None) -> np.ndarray:
+        return spectral_scores(penultimate(run, data), data.y, normalize=self.normalize)
