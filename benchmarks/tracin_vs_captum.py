@@ -195,10 +195,11 @@ def main() -> None:
                 rows.append(row)
                 for path in scores.values():
                     Path(path).unlink(missing_ok=True)
+                write_table(rows, args, quiet=True)  # a partial table survives an interrupted run
     write_table(rows, args)
 
 
-def write_table(rows: list[dict], args) -> None:
+def write_table(rows: list[dict], args, quiet: bool = False) -> None:
     def cell(r, tool):
         v = r[tool]
         return "skipped" if v is None else f"{v['median']:.2f} s ({v['runs']}x), {v['peak']:.0f} MiB"
@@ -239,7 +240,8 @@ def write_table(rows: list[dict], args) -> None:
             f"{cell(r, 'captum-default')} | {ratio(r, 'captum-default')} | {diff(r, 'captum-default')} |"
         )
     text = "\n".join(lines) + "\n"
-    print(text)
+    if not quiet:
+        print(text)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
 
