@@ -21,7 +21,7 @@ from poisonlab.training import TrainRun
 
 
 @torch.no_grad()
-def penultimate(run: TrainRun, data: Dataset, batch_size: int = 1024) -> torch.Tensor:
+def penultimate(run: TrainRun, data: Dataset, batch_size: int = 256) -> torch.Tensor:
     """Penultimate features ``run.model.features(x)`` of every row (float64, CPU), kept in ``run.cache``."""
     key = ("features", id(data), len(data))
     if key not in run.cache:
