@@ -2,8 +2,10 @@
 
 from poisonlab.attacks.backdoor import BackdoorAttack, BadNets, Blend
 from poisonlab.attacks.base import Attack
+from poisonlab.attacks.gradient_canceling import GradientCanceling  # noqa: F401  (registers it)
 from poisonlab.attacks.label_flip import RandomLabelFlip, TargetedLabelFlip
 from poisonlab.attacks.sleeper_agent import SleeperAgent
+from poisonlab.attacks.tgda import TGDA  # noqa: F401  (registers it)
 
 __all__ = [
     "Attack",
