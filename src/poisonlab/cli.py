@@ -49,6 +49,12 @@ def cmd_run(args) -> int:
 
     if args.data_root:
         os.environ["POISONLAB_DATA"] = str(args.data_root)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise PoisonlabError(f"--threads must be at least 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     config = load_config(args.config, seed=args.seed, trials=args.trials)
     out = Path(args.out) if args.out else Path("runs") / config.name
     progress = not args.quiet and sys.stderr.isatty()
@@ -96,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-root", help="folder holding the data sets (default: $POISONLAB_DATA)")
     run.add_argument("--seed", type=int, help="override the config's seed")
     run.add_argument("--trials", type=int, help="override the config's number of trials")
+    run.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy machine)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(func=cmd_run)
     lst = sub.add_parser("list", help="list every registered model and method")

@@ -149,6 +149,33 @@ class BackdoorAttack(Attack):
             raise ConfigError(f"{self.name}: target class {self.target} is not in {train.name or 'the data'}")
 
 
+class PatchTrigger:
+    """A square patch trigger (fields patch_size, pattern, pattern_seed, position and optionally margin)
+    shared by BadNets and Sleeper Agent."""
+
+    def _trigger(self, shape) -> torch.Tensor:
+        c, h, w = shape
+        if self.patch_size > min(h, w):
+            raise ConfigError(f"{self.name}: patch_size {self.patch_size} is larger than the {h}x{w} images")
+        p = patch_pattern(self.pattern, self.patch_size, c, self.pattern_seed)
+        return torch.stack([p, torch.ones_like(p)])
+
+    def _place(self, n, shape, generator):
+        _, h, w = shape
+        s = self.patch_size
+        if self.position == "random":
+            top = torch.randint(0, h - s + 1, (n,), generator=generator)
+            return top, torch.randint(0, w - s + 1, (n,), generator=generator)
+        if isinstance(self.position, str):
+            return corner_offset(self.position, s, h, w, getattr(self, "margin", 0))
+        top, left = (int(v) for v in self.position)
+        if not (0 <= top <= h - s and 0 <= left <= w - s):
+            raise ConfigError(
+                f"{self.name}: a {s}px patch at {list(self.position)} does not fit {h}x{w} images"
+            )
+        return top, left
+
+
 class _DirtyLabel(BackdoorAttack):
     fraction: float | None = Field(
         None, gt=0, le=1, description="poisoned share of the whole training set (drawn from other classes)"
@@ -178,7 +205,7 @@ class _DirtyLabel(BackdoorAttack):
 
 
 @register("attack", "badnets")
-class BadNets(_DirtyLabel):
+class BadNets(PatchTrigger, _DirtyLabel):
     """BadNets (Gu 2017; seed 004): stamp a patch on some rows of other classes and relabel them `target`."""
 
     patch_size: int = Field(3, ge=1, description="side of the square patch in pixels")
@@ -188,26 +215,6 @@ class BadNets(_DirtyLabel):
     margin: int = Field(1, ge=0, description="pixels between the patch and the corner's edges")
     pattern: Literal["checkerboard", "white", "random"] = Field("checkerboard", description="patch content")
     pattern_seed: int = Field(0, ge=0, description="seed of the 'random' pattern")
-
-    def _trigger(self, shape) -> torch.Tensor:
-        c, h, w = shape
-        if self.patch_size > min(h, w):
-            raise ConfigError(f"badnets: patch_size {self.patch_size} is larger than the {h}x{w} images")
-        p = patch_pattern(self.pattern, self.patch_size, c, self.pattern_seed)
-        return torch.stack([p, torch.ones_like(p)])
-
-    def _place(self, n, shape, generator):
-        _, h, w = shape
-        s = self.patch_size
-        if self.position == "random":
-            top = torch.randint(0, h - s + 1, (n,), generator=generator)
-            return top, torch.randint(0, w - s + 1, (n,), generator=generator)
-        if isinstance(self.position, str):
-            return corner_offset(self.position, s, h, w, self.margin)
-        top, left = (int(v) for v in self.position)
-        if not (0 <= top <= h - s and 0 <= left <= w - s):
-            raise ConfigError(f"badnets: a {s}px patch at {list(self.position)} does not fit {h}x{w} images")
-        return top, left
 
 
 @register("attack", "blend")

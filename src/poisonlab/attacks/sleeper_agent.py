@@ -23,7 +23,7 @@ from pydantic import Field, model_validator
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from poisonlab.attacks.backdoor import BackdoorAttack, Corner, corner_offset, patch_pattern
+from poisonlab.attacks.backdoor import BackdoorAttack, Corner, PatchTrigger
 from poisonlab.data import Dataset
 from poisonlab.errors import ConfigError
 from poisonlab.models import MODELS, build_model
@@ -60,7 +60,7 @@ def matching_loss(
 
 
 @register("attack", "sleeper_agent")
-class SleeperAgent(BackdoorAttack):
+class SleeperAgent(PatchTrigger, BackdoorAttack):
     """Sleeper Agent (Souri 2022; seed 003): gradient matching toward patched source images, clean labels."""
 
     source: int | None = Field(
@@ -107,25 +107,6 @@ class SleeperAgent(BackdoorAttack):
 
     def source_mask(self, y: torch.Tensor) -> torch.Tensor:
         return y == self.source if self.source is not None else y != self.target
-
-    def _trigger(self, shape) -> torch.Tensor:
-        c, h, w = shape
-        if self.patch_size > min(h, w):
-            raise ConfigError(
-                f"sleeper_agent: patch_size {self.patch_size} is larger than the {h}x{w} images"
-            )
-        p = patch_pattern(self.pattern, self.patch_size, c, self.pattern_seed)
-        return torch.stack([p, torch.ones_like(p)])
-
-    def _place(self, n, shape, generator):
-        _, h, w = shape
-        s = self.patch_size
-        if self.position == "random":
-            top = torch.randint(0, h - s + 1, (n,), generator=generator)
-            return top, torch.randint(0, w - s + 1, (n,), generator=generator)
-        if isinstance(self.position, str):
-            return corner_offset(self.position, s, h, w, 0)
-        return tuple(int(v) for v in self.position)
 
     def _surrogate(self, data: Dataset, seed: int) -> nn.Module:
         model = build_model(self.surrogate, data.input_shape, data.num_classes, seed=seed)
