@@ -20,7 +20,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from poisonlab.attacks.base import Attack, poison_count
+from poisonlab.attacks.base import Attack, BudgetedAttack, poison_count
 from poisonlab.data import Dataset
 from poisonlab.errors import ConfigError, DataError
 from poisonlab.poison import AttackGoal, PoisonedDataset
@@ -176,17 +176,10 @@ class PatchTrigger:
         return top, left
 
 
-class _DirtyLabel(BackdoorAttack):
+class _DirtyLabel(BackdoorAttack, BudgetedAttack):
     fraction: float | None = Field(
         None, gt=0, le=1, description="poisoned share of the whole training set (drawn from other classes)"
     )
-    count: int | None = Field(None, ge=1, description="number of poisoned rows (instead of a fraction)")
-
-    @model_validator(mode="after")
-    def _one_budget(self):
-        if (self.fraction is None) == (self.count is None):
-            raise ValueError("give exactly one of fraction and count")
-        return self
 
     def craft(self, train: Dataset, *, generator: torch.Generator, victim: nn.Module | None = None):
         self._check_target(train)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from pydantic import Field, model_validator
 from torch import nn
 
 from poisonlab.data import Dataset
@@ -24,6 +25,19 @@ class Attack(Method):
     def evaluate(self, model: nn.Module, test: Dataset, goal: AttackGoal) -> dict[str, float]:
         """Attack-specific success metrics of a trained ``model`` on ``test`` (empty by default)."""
         return {}
+
+
+class BudgetedAttack(Attack):
+    """An attack whose budget is a fraction or a count of rows (exactly one of them)."""
+
+    fraction: float | None = Field(None, gt=0, le=1, description="fraction of the eligible rows to poison")
+    count: int | None = Field(None, ge=1, description="number of rows to poison (instead of a fraction)")
+
+    @model_validator(mode="after")
+    def _one_budget(self):
+        if (self.fraction is None) == (self.count is None):
+            raise ValueError("give exactly one of fraction and count")
+        return self
 
 
 def poison_count(available: int, fraction: float | None, count: int | None, what: str) -> int:

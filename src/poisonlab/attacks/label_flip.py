@@ -6,7 +6,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from poisonlab.attacks.base import Attack, poison_count
+from poisonlab.attacks.base import BudgetedAttack, poison_count
 from poisonlab.data import Dataset
 from poisonlab.errors import ConfigError
 from poisonlab.poison import AttackGoal, PoisonedDataset
@@ -14,15 +14,9 @@ from poisonlab.registry import register
 from poisonlab.training import predict
 
 
-class _Budget(Attack):
+class _Budget(BudgetedAttack):
     fraction: float | None = Field(None, gt=0, le=1, description="fraction of the eligible rows to flip")
     count: int | None = Field(None, ge=1, description="number of rows to flip (instead of a fraction)")
-
-    @model_validator(mode="after")
-    def _one_budget(self):
-        if (self.fraction is None) == (self.count is None):
-            raise ValueError("give exactly one of fraction and count")
-        return self
 
 
 @register("attack", "label_flip_targeted")
