@@ -1,4 +1,4 @@
-"""The ``poisonlab`` command: ``run [CONFIG] [--out DIR]`` and ``list``."""
+"""The ``poisonlab`` command: ``run [CONFIG] [--out DIR]``, ``list``, ``bench MATRIX`` and ``report DB``."""
 
 from __future__ import annotations
 
@@ -93,6 +93,77 @@ def cmd_list(args) -> int:
     return 0
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into an exception so a bench run stops its workers and closes its store."""
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
+
+
+def cmd_bench(args) -> int:
+    import signal
+
+    from poisonlab.bench import load_matrix, run_bench, write_outputs
+
+    data_root = args.data_root or os.environ.get("POISONLAB_DATA")
+    if args.data_root:
+        os.environ["POISONLAB_DATA"] = str(args.data_root)
+    if args.trials is not None and args.trials < 1:
+        raise PoisonlabError(f"--trials must be at least 1, got {args.trials}")
+    matrix = load_matrix(args.matrix, trials=args.trials)  # every cell validated before anything runs
+    db = Path(args.db) if args.db else Path("runs") / matrix.name / "results.db"
+    out = Path(args.out) if args.out else db.parent
+    if args.dry_run:
+        for cell in matrix.cells:
+            print(f"  {cell.cell_id}  {cell.config.trials} trial(s)  {cell.label}")
+        count = f"{len(matrix.cells)} valid cell(s), {matrix.trial_count()} trial(s)"
+        print(f"poisonlab: {count}", file=sys.stderr)
+        return 0
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        summary = run_bench(
+            matrix,
+            db,
+            executor=args.executor,
+            workers=args.workers,
+            threads=args.threads,
+            address=args.address,
+            cpus_per_trial=args.cpus_per_trial,
+            gpus_per_trial=args.gpus_per_trial,
+            data_root=data_root,
+            retry_failed=not args.keep_failed,
+            quiet=args.quiet,
+        )
+    except _Terminated:
+        print(f"poisonlab: terminated; finished trials are in {db}, rerun to resume", file=sys.stderr)
+        return 143
+    except KeyboardInterrupt:
+        print(f"poisonlab: interrupted; finished trials are in {db}, rerun to resume", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if not args.no_report:
+        paths = write_outputs(db, out, matrix.name)
+        print(f"poisonlab: wrote {paths[0]} and {paths[1]}", file=sys.stderr)
+    print(
+        f"poisonlab: {summary.ran} trial(s) run in {summary.elapsed:.1f}s, {summary.failed} failed; "
+        f"{summary.stored + summary.ran - summary.failed}/{summary.total} stored in {db}",
+        file=sys.stderr,
+    )
+    return 1 if summary.failed else 0
+
+
+def cmd_report(args) -> int:
+    from poisonlab.bench import write_outputs
+
+    paths = write_outputs(args.db, args.out, args.matrix)
+    if not args.quiet:
+        print(Path(paths[1]).read_text())
+    print(f"poisonlab: wrote {paths[0]}, {paths[1]} and {len(paths) - 2} CSV file(s)", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="poisonlab", description="Training-data poisoning experiments.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -108,6 +179,34 @@ def build_parser() -> argparse.ArgumentParser:
     lst = sub.add_parser("list", help="list every registered model and method")
     lst.add_argument("-v", "--verbose", action="store_true", help="also list each method's parameters")
     lst.set_defaults(func=cmd_list)
+    bench = sub.add_parser("bench", help="run an experiment matrix into a results database (resumable)")
+    bench.add_argument("matrix", help="YAML matrix: a base experiment plus axes to sweep")
+    bench.add_argument("--db", help="results database (default: runs/NAME/results.db)")
+    bench.add_argument("--out", help="folder for report.html, tables.md and CSVs (default: the db's folder)")
+    bench.add_argument(
+        "--executor",
+        choices=["pool", "inline", "ray"],
+        default="pool",
+        help="pool: local processes (default); inline: this process; ray: Ray tasks",
+    )
+    bench.add_argument("--workers", type=int, help="trials at a time (default: one per core)")
+    bench.add_argument("--threads", type=int, default=1, help="torch CPU threads per trial (default 1)")
+    bench.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local instance)")
+    bench.add_argument("--cpus-per-trial", type=float, default=1.0, help="Ray CPU request per trial")
+    bench.add_argument("--gpus-per-trial", type=float, default=0.0, help="Ray GPU request per trial")
+    bench.add_argument("--data-root", help="folder holding the data sets (default: $POISONLAB_DATA)")
+    bench.add_argument("--trials", type=int, help="override the matrix's trials per cell")
+    bench.add_argument("--keep-failed", action="store_true", help="do not rerun trials stored as failed")
+    bench.add_argument("--dry-run", action="store_true", help="validate and list the cells, run nothing")
+    bench.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    bench.add_argument("--quiet", action="store_true", help="no progress output")
+    bench.set_defaults(func=cmd_bench)
+    rep = sub.add_parser("report", help="tables, CSVs and the HTML report of a results database")
+    rep.add_argument("db", help="results database written by `poisonlab bench`")
+    rep.add_argument("--out", help="output folder (default: the database's folder)")
+    rep.add_argument("--matrix", help="only this matrix (default: every matrix in the database)")
+    rep.add_argument("--quiet", action="store_true", help="do not print the Markdown tables")
+    rep.set_defaults(func=cmd_report)
     return parser
 
 

@@ -1,0 +1,235 @@
+"""Tables in the seed papers' layout: rows = methods, columns = settings, cells = mean +- standard error.
+
+A table comes from a metric name whose ``{placeholders}`` (``detection.{detector}.auroc``) and the
+matrix's axes are its dimensions. Axes that a table neither lays out nor pools are appended to its rows.
+Metrics whose every trial is 0 or 1 (a success per trial) get the binomial standard error
+sqrt(p (1 - p) / n); the others std / sqrt(n).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from poisonlab.bench.matrix import TableSpec
+from poisonlab.bench.store import StoredMatrix
+from poisonlab.metrics import binomial_se
+
+# Tables a matrix gets when it declares none (each shown only when some trial has the metric).
+DEFAULT_TABLES = (
+    ("Victim clean accuracy", "victim.clean_accuracy"),
+    ("Accuracy drop (clean model - victim)", "attack.accuracy_drop"),
+    ("Attack success rate", "attack.{attack}.success_rate"),
+    ("Detection AUROC", "detection.{detector}.auroc"),
+    ("Detected poisons at the budget", "detection.{detector}.recall_at_budget"),
+    ("Defense: attack success after repair", "defense.{defense}.attack_success"),
+    ("Defense: clean accuracy after repair", "defense.{defense}.clean_accuracy"),
+    ("Purification: test accuracy after retraining", "purification.{purifier}.clean_accuracy"),
+    ("Purification: attack success after retraining", "purification.{purifier}.{attack}.success_rate"),
+)
+
+NO_DATA = "No stored trial has this metric yet."
+
+
+@dataclass
+class Stat:
+    """Mean, standard error and count of one table cell."""
+
+    n: int
+    mean: float
+    se: float
+    binomial: bool = False
+
+
+def summarize(values) -> Stat:
+    """Mean and standard error of per-trial values (binomial SE when every value is 0 or 1; NaN for n < 2)."""
+    arr = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
+    n = len(arr)
+    if n == 0:
+        return Stat(0, float("nan"), float("nan"))
+    mean = float(arr.mean())
+    binary = bool(np.all((arr == 0) | (arr == 1)))
+    if binary and n > 1:
+        return Stat(n, mean, binomial_se(mean, n), True)
+    se = float(arr.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+    return Stat(n, mean, se)
+
+
+@dataclass
+class Table:
+    """A computed table: ordered row and column keys and a Stat per (row, column)."""
+
+    title: str
+    metric: str
+    row_dims: list[str]
+    col_dims: list[str]
+    rows: list[tuple[str, ...]]
+    cols: list[tuple[str, ...]]
+    cells: dict[tuple[tuple[str, ...], tuple[str, ...]], Stat] = field(default_factory=dict)
+    scale: float = 1.0
+    digits: int = 3
+    plot: bool = True
+
+    def col_label(self, col: tuple[str, ...]) -> str:
+        if not col:
+            return "value"
+        return ", ".join(col)
+
+    def row_header(self) -> list[str]:
+        return list(self.row_dims) or ["metric"]
+
+    def row_label(self, row: tuple[str, ...]) -> list[str]:
+        return list(row) if self.row_dims else [self.metric]
+
+    def format(self, stat: Stat | None, full_n: int) -> str:
+        """'mean ± se' scaled; '(n=k)' when the cell holds fewer trials than the fullest cell."""
+        if stat is None or stat.n == 0:
+            return "–"
+        text = f"{stat.mean * self.scale:.{self.digits}f}"
+        if math.isfinite(stat.se):
+            text += f" ± {stat.se * self.scale:.{self.digits}f}"
+        if stat.n < full_n:
+            text += f" (n={stat.n})"
+        return text
+
+    def full_n(self) -> int:
+        return max((s.n for s in self.cells.values()), default=0)
+
+    def layout(self) -> str:
+        """What the rows and the columns are, e.g. 'rows: detector, victim; columns: fraction'."""
+        rows = ", ".join(self.row_dims) or "metric"
+        return f"rows: {rows}; columns: {', '.join(self.col_dims) or 'value'}"
+
+    def markdown(self) -> str:
+        if not self.rows:
+            return NO_DATA
+        head = self.row_header() + [self.col_label(c) for c in self.cols]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        full = self.full_n()
+        for row in self.rows:
+            vals = [self.format(self.cells.get((row, c)), full) for c in self.cols]
+            lines.append("| " + " | ".join(self.row_label(row) + vals) + " |")
+        return "\n".join(lines)
+
+    def csv_text(self) -> str:
+        """Wide CSV: the row dimensions, then mean, se and n for each column."""
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        head = self.row_header()
+        for c in self.cols:
+            label = self.col_label(c)
+            head += [f"{label} mean", f"{label} se", f"{label} n"]
+        writer.writerow(head)
+        for row in self.rows:
+            out: list[Any] = self.row_label(row)
+            for c in self.cols:
+                s = self.cells.get((row, c))
+                if s is None or s.n == 0:
+                    out += ["", "", 0]
+                else:
+                    se = s.se * self.scale if math.isfinite(s.se) else ""
+                    out += [repr(s.mean * self.scale), repr(se) if se != "" else "", s.n]
+            writer.writerow(out)
+        return buf.getvalue()
+
+    def numeric_columns(self) -> list[float] | None:
+        """The columns as numbers when there is one column dimension and every label is a number."""
+        if len(self.col_dims) != 1:
+            return None
+        try:
+            return [float(c[0]) for c in self.cols]
+        except ValueError:
+            return None
+
+
+def _ordered(values) -> list:
+    return list(dict.fromkeys(values))
+
+
+def build_table(
+    data: StoredMatrix, spec: TableSpec, title: str | None = None, keep_empty: bool = False
+) -> Table | None:
+    """One table from the stored ok trials of a matrix; if no trial has the metric, None or an empty one."""
+    axes = list(data.spec.get("axes", {}))
+    holders = spec.placeholders()
+    dims = holders + axes
+    laid = spec.rows + spec.columns + spec.pool
+    row_dims = list(spec.rows) + [d for d in dims if d not in laid]
+    col_dims = list(spec.columns)
+    pattern = spec.pattern()
+    cells_by_id = {c.cell_id: c for c in data.cells}
+    values: dict[tuple, list[float]] = {}
+    order: dict[str, list[str]] = {d: [] for d in dims}
+    for cell in data.cells:  # axis levels in the matrix's order
+        for axis, label in cell.labels.items():
+            if axis in order:
+                order[axis].append(label)
+    seen_trials: set = set()
+    for rec in data.trials:
+        if rec["status"] != "ok" or not rec["metrics"]:
+            continue
+        cell = cells_by_id.get(rec["cell_id"])
+        if cell is None or (rec["cell_id"], rec["trial"]) in seen_trials:
+            continue
+        seen_trials.add((rec["cell_id"], rec["trial"]))
+        for name, value in rec["metrics"].items():
+            m = pattern.match(name)
+            if m is None:
+                continue
+            coords = {**cell.labels, **m.groupdict()}
+            for h in holders:
+                order[h].append(coords[h])
+            key = (tuple(coords[d] for d in row_dims), tuple(coords[d] for d in col_dims))
+            values.setdefault(key, []).append(value)
+    if not values and not keep_empty:
+        return None
+    order = {d: _ordered(v) for d, v in order.items()}
+    rows = _product([order[d] for d in row_dims], {k[0] for k in values})
+    cols = _product([order[d] for d in col_dims], {k[1] for k in values})
+    table = Table(
+        title=spec.title or title or spec.metric,
+        metric=spec.metric,
+        row_dims=row_dims,
+        col_dims=col_dims,
+        rows=rows,
+        cols=cols,
+        scale=spec.scale,
+        digits=spec.digits,
+        plot=spec.plot,
+    )
+    for key, vals in values.items():
+        table.cells[key] = summarize(vals)
+    return table
+
+
+def _product(levels: list[list[str]], present: set[tuple]) -> list[tuple[str, ...]]:
+    """Keys in axis order, keeping only those that hold data."""
+    keys: list[tuple[str, ...]] = [()]
+    for level in levels:
+        keys = [k + (v,) for k in keys for v in level]
+    return [k for k in keys if k in present]
+
+
+def build_tables(data: StoredMatrix) -> list[Table]:
+    """The matrix's declared tables, or the default ones that have data."""
+    declared = data.spec.get("tables") or []
+    axes = list(data.spec.get("axes", {}))
+    specs: list[tuple[TableSpec, str | None]] = []
+    if declared:
+        specs = [(TableSpec.model_validate(t), None) for t in declared]
+    else:
+        for title, metric in DEFAULT_TABLES:
+            spec = TableSpec(metric=metric)
+            rows = spec.placeholders() + axes[:-1]
+            specs.append((TableSpec(metric=metric, rows=rows, columns=axes[-1:]), title))
+    out = []
+    for spec, title in specs:
+        table = build_table(data, spec, title, keep_empty=bool(declared))
+        if table is not None:
+            out.append(table)
+    return out
