@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from poisonlab.errors import ConfigError
 
 REGISTRY: dict[str, dict[str, type[Method]]] = {}
-_PACKAGES = ("poisonlab.attacks", "poisonlab.detection", "poisonlab.defenses")
+_PACKAGES = ("poisonlab.attacks", "poisonlab.detection", "poisonlab.defenses", "poisonlab.purification")
 
 
 class Method(BaseModel):

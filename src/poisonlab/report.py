@@ -33,6 +33,8 @@ __all__ = [
     "backdoor_figures",
     "figure_to_png",
     "fine_pruning_png",
+    "purification_figures",
+    "purification_png",
     "render_report",
     "strip_histogram_png",
     "trigger_png",
@@ -402,6 +404,53 @@ def fine_pruning_png(name: str, steps: list[dict], cutoff=None, target_success=N
     ax.legend(fontsize=8, frameon=False)
     ax.grid(alpha=0.3)
     return figure_to_png(fig)
+
+
+def purification_png(
+    name: str,
+    before: np.ndarray,
+    after: np.ndarray | None,
+    captions: list[str],
+    critic_values: list[float] | None = None,
+) -> bytes:
+    """Untrusted rows before and after purification (and the change), and the critic's value per round."""
+    before = np.asarray(before, float)
+    has_after = after is not None and len(after) == len(before) and len(before) > 0
+    rows = 3 if has_after else 1
+    ncols = max(1, len(before))
+    curve = bool(critic_values)
+    fig = Figure(figsize=(max(1.5 * ncols, 4.0) + (3.6 if curve else 0.0), 1.85 * rows))
+    grid = fig.add_gridspec(rows, ncols + (3 if curve else 0))
+    for c in range(len(before)):
+        _show(fig.add_subplot(grid[0, c]), before[c], "before: " + captions[c])
+        if has_after:
+            img = np.asarray(after[c], float)
+            _show(fig.add_subplot(grid[1, c]), img, "after", "tab:red")
+            diff = np.abs(img - before[c]).max(axis=0, keepdims=True)
+            top = max(float(diff.max()), 1e-6)
+            _show(fig.add_subplot(grid[2, c]), diff / top, f"|change| (max {top:.2f})")
+    if curve:
+        ax = fig.add_subplot(grid[:, ncols:])
+        values = np.asarray(critic_values, float)
+        ax.plot(np.arange(1, len(values) + 1), values, marker="o", markersize=3, color="tab:purple")
+        ax.set_xlabel("round")
+        ax.set_ylabel("critic estimate of W")
+        ax.set_title(_mpl_text(f"{name}: Wasserstein estimate"), fontsize=9)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return figure_to_png(fig)
+
+
+def purification_figures(purification: Mapping[str, Mapping]) -> dict[str, bytes]:
+    """Report figures (title -> PNG) of each purifier: examples before / after and the critic's values."""
+    out: dict[str, bytes] = {}
+    for ident, p in purification.items():
+        if p.get("before") is None or (len(p["before"]) == 0 and not p.get("critic_values")):
+            continue
+        out[f"Purifier {ident}: untrusted rows before and after"] = purification_png(
+            ident, p["before"], p.get("after"), list(p.get("captions", [])), p.get("critic_values")
+        )
+    return out
 
 
 def backdoor_figures(

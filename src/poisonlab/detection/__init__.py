@@ -3,7 +3,8 @@
 from poisonlab.detection.activation_clustering import ActivationClustering
 from poisonlab.detection.base import Detector
 from poisonlab.detection.influence import TracInCP
-from poisonlab.detection.knn import DeepKNN
+from poisonlab.detection.knn import KNNK, DeepKNN
+from poisonlab.detection.simulated import SimulatedDetector
 from poisonlab.detection.spectral import SpectralSignature
 from poisonlab.detection.strip import Strip
 from poisonlab.detection.tracin import TracInSelf, TracInTest, influence, self_influence, summed_influence
@@ -11,7 +12,9 @@ from poisonlab.detection.tracin import TracInSelf, TracInTest, influence, self_i
 __all__ = [
     "ActivationClustering",
     "DeepKNN",
+    "KNNK",
     "Detector",
+    "SimulatedDetector",
     "SpectralSignature",
     "Strip",
     "TracInCP",

@@ -63,3 +63,54 @@ class DeepKNN(Detector):
         if self.normalize:
             feats = F.normalize(feats, dim=1)
         return knn_scores(feats, data.y, self.k, data.num_classes)
+
+
+def per_class_top(confidence: torch.Tensor, labels: torch.Tensor, per_class, generator=None) -> torch.Tensor:
+    """Boolean mask of the ``per_class`` rows of each class with the highest confidence (ties: seeded random).
+
+    ``per_class`` is one count for every class or a tensor of counts indexed by class; a class with fewer
+    rows keeps all of them. Sorting is done once over all rows (by class, then confidence,
+    then a random key), so there is no per-class Python loop.
+    """
+    n = len(labels)
+    generator = generator or torch.Generator().manual_seed(0)
+    tie = torch.rand(n, generator=generator, dtype=torch.float64)
+    conf = confidence.double()
+    # lexicographic order: label ascending, confidence descending, random key ascending
+    order = torch.argsort(tie, stable=True)
+    order = order[torch.argsort(-conf[order], stable=True)]
+    order = order[torch.argsort(labels[order], stable=True)]
+    sorted_labels = labels[order]
+    first = torch.searchsorted(sorted_labels, sorted_labels, right=False)
+    rank = torch.arange(n) - first
+    mask = torch.zeros(n, dtype=torch.bool)
+    limit = per_class[sorted_labels] if isinstance(per_class, torch.Tensor) else per_class
+    mask[order[rank < limit]] = True
+    return mask
+
+
+@register("detector", "knn_k")
+class KNNK(Detector):
+    """k-NN(K) (seed 003 appendix B): per class, the K rows whose k-NN vote most agrees with their label."""
+
+    k: int = Field(50, ge=1, description="neighbours, the row itself included (seed 003: the rows per class)")
+    per_class: int = Field(
+        100, ge=1, description="K: rows kept per class as the reference set (the most confident)"
+    )
+    normalize: bool = Field(False, description="L2-normalise the features first (cosine neighbours)")
+
+    def confidence(self, features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+        """Share of each row's k nearest neighbours (self included) that carry its label."""
+        if self.normalize:
+            features = F.normalize(features, dim=1)
+        votes = neighbour_votes(features, labels, self.k, num_classes).double()
+        return votes.gather(1, labels[:, None]).squeeze(1) / self.k
+
+    def scores(self, data: Dataset, run: TrainRun, *, test=None, generator=None) -> np.ndarray:
+        """1 - confidence: high when the neighbours disagree with the row's label."""
+        return (1.0 - self.confidence(penultimate(run, data), data.y, data.num_classes)).numpy()
+
+    def select(self, data: Dataset, features: torch.Tensor, generator=None) -> torch.Tensor:
+        """Boolean reference mask: the ``per_class`` most confident rows of each class under ``features``."""
+        conf = self.confidence(features.double(), data.y, data.num_classes)
+        return per_class_top(conf, data.y, self.per_class, generator)

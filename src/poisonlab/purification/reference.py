@@ -1,0 +1,112 @@
+"""Reference selection and the Ref / remove-and-retrain baseline (seed 003 sections 3.1, 5.2, 5.3).
+
+:func:`select_reference` turns a detector into a reference mask (True = trusted reference row):
+
+- ``simulated`` (evaluation-only oracle): the rows its precision and recall call for, from the true mask;
+- ``knn_k`` (k-NN(K), appendix B): the K most confident rows per class under a k-NN on the features;
+- ``knn`` (Deep k-NN, Peri 2020): the rows whose label wins the plurality vote of their neighbours
+  (score < 0; a tie counts as a disagreement);
+- any other detector: the ``keep_fraction`` least suspicious rows of each class.
+
+**Ref** trains on the reference rows alone. With the reference set = the rows a detector passes, this is
+remove-and-retrain, registered under that name too.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from poisonlab.data import Dataset
+from poisonlab.detection.base import Detector
+from poisonlab.detection.knn import KNNK, DeepKNN, per_class_top
+from poisonlab.detection.simulated import SimulatedDetector
+from poisonlab.errors import ConfigError
+from poisonlab.purification.base import Purification, Purifier, check_reference, feature_function
+from poisonlab.registry import register
+from poisonlab.training import TrainRun
+
+
+@torch.no_grad()
+def extract_features(extractor: torch.nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Features of ``x`` under a frozen extractor (batched, eval mode), float32 on the CPU."""
+    was_training = extractor.training
+    extractor.eval()
+    fn = feature_function(extractor)
+    out = torch.cat([fn(xb).float().cpu() for xb in x.split(batch_size)]) if len(x) else torch.zeros(0, 0)
+    extractor.train(was_training)
+    return out
+
+
+def select_reference(
+    detector: Detector,
+    data: Dataset,
+    *,
+    run: TrainRun | None = None,
+    features: torch.Tensor | None = None,
+    is_poisoned: torch.Tensor | None = None,
+    test: Dataset | None = None,
+    generator: torch.Generator | None = None,
+    keep_fraction: float = 0.5,
+) -> torch.Tensor:
+    """Boolean reference mask over the rows of ``data`` chosen by ``detector``.
+
+    ``is_poisoned`` (the true mask) is read only by the simulated oracle. ``features`` (N, d), when given,
+    replace ``run``'s penultimate features for the k-NN detectors (e.g. a separately trained extractor's).
+    """
+    generator = generator or torch.Generator().manual_seed(0)
+    if isinstance(detector, SimulatedDetector):
+        if is_poisoned is None:
+            raise ConfigError("simulated: an evaluation-only oracle; pass is_poisoned (the true poison mask)")
+        if len(is_poisoned) != len(data):
+            raise ConfigError(f"simulated: the poison mask has {len(is_poisoned)} rows, the data {len(data)}")
+        return detector.select(is_poisoned, generator)
+    if isinstance(detector, KNNK | DeepKNN) and features is None:
+        if run is None:
+            raise ConfigError(f"{detector.name}: pass run= or features= for the k-NN")
+        from poisonlab.detection.spectral import penultimate
+
+        features = penultimate(run, data)
+    if isinstance(detector, KNNK):
+        return detector.select(data, features, generator)
+    if isinstance(detector, DeepKNN):
+        from poisonlab.detection.knn import knn_scores
+
+        feats = features.double()
+        if detector.normalize:
+            feats = torch.nn.functional.normalize(feats, dim=1)
+        return torch.from_numpy(knn_scores(feats, data.y, detector.k, data.num_classes) < 0)
+    if not 0 < keep_fraction <= 1:
+        raise ConfigError(f"keep_fraction must be in (0, 1], got {keep_fraction}")
+    scores = np.asarray(detector.scores(data, run, test=test, generator=generator), dtype=np.float64)
+    counts = torch.bincount(data.y, minlength=data.num_classes).double()
+    keep = torch.ceil(keep_fraction * counts).long()
+    return per_class_top(torch.from_numpy(-scores), data.y, keep, generator)
+
+
+def reference_quality(reference_mask: torch.Tensor, is_poisoned: torch.Tensor) -> dict[str, float]:
+    """Size, precision (clean share) and recall (share of the clean rows) of a reference set."""
+    ref = torch.as_tensor(reference_mask, dtype=torch.bool)
+    poison = torch.as_tensor(is_poisoned, dtype=torch.bool)
+    clean_in = int((ref & ~poison).sum())
+    size = int(ref.sum())
+    return {
+        "size": float(size),
+        "poisons": float(int((ref & poison).sum())),
+        "precision": clean_in / size if size else float("nan"),
+        "recall": clean_in / max(1, int((~poison).sum())),
+    }
+
+
+@register("purifier", "ref")
+class Ref(Purifier):
+    """Ref (seed 003 sec. 5.3): drop the untrusted rows and train on the reference set alone."""
+
+    def purify(self, data, reference_mask, *, generator=None, extractor=None, model=None) -> Purification:
+        reference, untrusted = check_reference(data, reference_mask, self.name)
+        return Purification(data.subset(reference), reference, {"removed": len(untrusted)})
+
+
+@register("purifier", "remove")
+class RemoveAndRetrain(Ref):
+    """Remove-and-retrain: drop the rows the detector flags (the non-reference rows) and train on the rest."""
