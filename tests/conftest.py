@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One thread: the models are small, and two threads on a shared 2-core machine stall each other several-fold.
+torch.set_num_threads(int(os.environ.get("POISONLAB_TEST_THREADS", "1")))
 
 
 @pytest.fixture(scope="session")

@@ -32,11 +32,12 @@ from poisonlab.defenses import Defense
 from poisonlab.detection import Detector
 from poisonlab.detection.strip import InputDetector
 from poisonlab.errors import ConfigError
-from poisonlab.metrics import aggregate, detection_metrics, mad_threshold
+from poisonlab.metrics import aggregate, detection_metrics, mad_threshold, standard_errors
 from poisonlab.models import MODELS, build_model
 from poisonlab.poison import PoisonedDataset
+from poisonlab.purification import Purifier
 from poisonlab.registry import create, format_validation_error
-from poisonlab.training import TrainConfig, TrainRun, accuracy, train
+from poisonlab.training import TrainConfig, TrainRun, accuracy, train, train_head
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
 
@@ -64,6 +65,14 @@ class ExperimentConfig(BaseModel):
     data: DataConfig = DataConfig()
     model: str = "cnn"
     train: TrainConfig = TrainConfig()
+    setting: Literal["from_scratch", "transfer"] = Field(
+        "from_scratch",
+        description="from_scratch: the victim trains from random weights on the released set; transfer: a "
+        "model trained on the clean set is frozen and the victim retrains only its last layer",
+    )
+    head_train: TrainConfig | None = Field(
+        None, description="schedule of the last-layer retraining in the transfer setting (default: train)"
+    )
     attacks: list[dict[str, Any]] = Field(default_factory=list)
     detectors: list[dict[str, Any]] = Field(default_factory=list)
     detect_with: Literal["victim", "clean"] = Field(
@@ -83,6 +92,16 @@ class ExperimentConfig(BaseModel):
     defender_fraction: float = Field(
         0.5, gt=0, lt=1, description="test-set share given to defenses as clean data; the rest scores them"
     )
+    reference: dict[str, Any] | None = Field(
+        None,
+        description="detector choosing the purifiers' reference set: simulated (precision, recall; an "
+        "evaluation-only oracle), knn_k, knn, or any detector (its least suspicious half per class)",
+    )
+    purifiers: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="purifiers (mendata, random_noise, friendly_noise, ref, remove); each retrains the "
+        "victim on the reference rows plus the purified rest",
+    )
 
     @field_validator("model")
     @classmethod
@@ -96,6 +115,8 @@ class ExperimentConfig(BaseModel):
         self.build_attacks()
         self.build_detectors()
         self.build_defenses()
+        if self.build_purifiers() and self.build_reference() is None:
+            raise ValueError("purifiers need a 'reference:' detector (e.g. {name: simulated, recall: 0.5})")
         for ident, _ in self.build_input_detectors():
             if ident.split(".")[0] in _METRIC_GROUPS:
                 raise ValueError(f"input detector id {ident!r} clashes with the metric group of that name")
@@ -117,6 +138,19 @@ class ExperimentConfig(BaseModel):
         """(id, input detector) for each configured input-time detector, validated."""
         return _build("input_detector", self.input_detectors)
 
+    def build_purifiers(self) -> list[tuple[str, Purifier]]:
+        """(id, purifier) for each configured purifier, validated."""
+        return _build("purifier", self.purifiers)
+
+    def build_reference(self) -> Detector | None:
+        """The detector that selects the purifiers' reference set, validated (None when unset)."""
+        if self.reference is None:
+            return None
+        try:
+            return create("detector", self.reference, where="reference")
+        except ConfigError as err:
+            raise ValueError(str(err)) from None
+
     def resolved(self) -> dict[str, Any]:
         """The config with every default filled in, as saved in results.json."""
         out = self.model_dump(mode="json")
@@ -124,10 +158,13 @@ class ExperimentConfig(BaseModel):
         out["detectors"] = [{"id": i, **m.spec()} for i, m in self.build_detectors()]
         out["defenses"] = [{"id": i, **m.spec()} for i, m in self.build_defenses()]
         out["input_detectors"] = [{"id": i, **m.spec()} for i, m in self.build_input_detectors()]
+        out["purifiers"] = [{"id": i, **m.spec()} for i, m in self.build_purifiers()]
+        reference = self.build_reference()
+        out["reference"] = reference.spec() if reference is not None else None
         return out
 
 
-_METRIC_GROUPS = {"victim", "clean", "attack", "detection", "defense", "purification"}
+_METRIC_GROUPS = {"victim", "clean", "extractor", "attack", "detection", "defense", "purification"}
 
 
 def _build(kind: str, specs: list[dict[str, Any]]):
@@ -196,6 +233,7 @@ class TrialArtifacts:
     backdoors: dict[str, dict[str, Any]] = field(default_factory=dict)  # trigger and triggered examples
     input_detection: dict[str, dict[str, Any]] = field(default_factory=dict)  # STRIP entropies, boundary
     defenses: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-step tables of the repairs
+    purification: dict[str, dict[str, Any]] = field(default_factory=dict)  # examples, critic values
 
 
 @dataclass
@@ -206,7 +244,8 @@ class ExperimentResult:
     first: TrialArtifacts
 
 
-def _apply_attacks(train_set, attacks, generator) -> tuple[PoisonedDataset, list[str]]:
+def _apply_attacks(train_set, attacks, generator, victim=None, test=None):
+    """Craft every attack in turn on the released set so far; (poisoned set, attack ids)."""
     poisoned = PoisonedDataset(
         train_set,
         torch.zeros(0, dtype=torch.int64),
@@ -215,7 +254,7 @@ def _apply_attacks(train_set, attacks, generator) -> tuple[PoisonedDataset, list
         torch.zeros(0, dtype=torch.int64),
     )
     for _, attack in attacks:
-        poisoned = poisoned.then(attack.craft(poisoned.data, generator=generator))
+        poisoned = poisoned.then(attack.craft(poisoned.data, generator=generator, victim=victim, test=test))
     return poisoned, [ident for ident, _ in attacks]
 
 
@@ -229,13 +268,29 @@ def run_trial(
     timings: dict[str, float] = {}
     attacks, detectors = config.build_attacks(), config.build_detectors()
 
+    extractor = None
+    if config.setting == "transfer":  # the clean pretrained model; only its head is retrained
+        t0 = time.perf_counter()
+        model = build_model(config.model, train_set.input_shape, train_set.num_classes, seed=seed)
+        extractor = train(model, train_set, config.train, seed=seed, progress=progress, desc="extractor")
+        extractor = extractor.model
+        for name, p in extractor.named_parameters():
+            p.requires_grad_(name.startswith("head."))
+        timings["train_extractor"] = time.perf_counter() - t0
+        metrics["extractor.clean_accuracy"] = accuracy(extractor, test_set)
+
     t0 = time.perf_counter()
-    poisoned, goal_ids = _apply_attacks(train_set, attacks, generator)
+    poisoned, goal_ids = _apply_attacks(train_set, attacks, generator, extractor, test_set)
     timings["attack"] = time.perf_counter() - t0
     metrics["attack.poison_count"] = float(len(poisoned.poison_idx))
     metrics["attack.poison_fraction"] = len(poisoned.poison_idx) / len(train_set)
 
     def fit(data, desc):
+        if extractor is not None:
+            head = config.head_train or config.train
+            return train_head(
+                extractor, data, head, seed=seed, eval_data=test_set, progress=progress, desc=desc
+            )
         model = build_model(config.model, data.input_shape, data.num_classes, seed=seed)
         return train(model, data, config.train, seed=seed, eval_data=test_set, progress=progress, desc=desc)
 
@@ -284,6 +339,7 @@ def run_trial(
                         metrics[f"detection.{ident}.{gid}.{key}"] = value
     _backdoor_examples(artifacts, attacks, test_set)
     _defend(config, victim, attacks, poisoned, test_set, seed, metrics, timings, artifacts)
+    _purify(config, fit, victim, run, attacks, poisoned, test_set, generator, metrics, timings, artifacts)
     return metrics, timings, artifacts
 
 
@@ -362,6 +418,64 @@ def _defend(config, victim, attacks, poisoned, test_set, seed, metrics, timings,
                                      "target_success": getattr(defense, "target_success", None)}  # fmt: skip
 
 
+def _purify(config, fit, victim, run, attacks, poisoned, test_set, generator, metrics, timings, artifacts):
+    """Seed 003: select a reference set, purify the rest with each purifier, retrain, measure.
+
+    The reference detector reads ``run``'s features (k-NN detectors) or, for the simulated oracle, the true
+    poison mask. Friendly noise keeps the victim's outputs and Mendata's extractor is the victim (the model
+    trained on the released rows, Mendata's ``extractor_source: released``) unless it loads
+    ``extractor_weights`` or asks for ``extractor_source: reference``. Metrics: ``purification.reference.*``
+    (size, poisons, precision, recall), ``purification.<id>.clean_accuracy`` and
+    ``purification.<id>.<attack id>.<key>`` (e.g. ``success_rate``).
+    """
+    from poisonlab.purification import reference_quality, select_reference
+
+    purifiers = config.build_purifiers()
+    if not purifiers:
+        return
+    t0 = time.perf_counter()
+    ref = select_reference(
+        config.build_reference(), poisoned.data, run=run, is_poisoned=poisoned.is_poisoned, test=test_set,
+        generator=generator,
+    )  # fmt: skip
+    timings["purify.reference"] = time.perf_counter() - t0
+    for key, value in reference_quality(ref, poisoned.is_poisoned).items():
+        metrics[f"purification.reference.{key}"] = value
+    untrusted = (~ref).nonzero().flatten()
+    flagged = poisoned.is_poisoned[untrusted]
+    shown = torch.cat([untrusted[flagged], untrusted[~flagged]])[:6]  # poisoned untrusted rows first
+    for ident, purifier in purifiers:
+        t0 = time.perf_counter()
+        own = getattr(purifier, "extractor_source", None) == "reference" or getattr(
+            purifier, "extractor_weights", None
+        )
+        extractor = None if own else victim.model
+        data = poisoned.data
+        out = purifier.purify(data, ref, generator=generator, model=victim.model, extractor=extractor)
+        timings[f"purify.{ident}"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        model = fit(out.data, f"purified: {ident}").model
+        timings[f"purify.{ident}.retrain"] = time.perf_counter() - t0
+        metrics[f"purification.{ident}.clean_accuracy"] = accuracy(model, test_set)
+        metrics[f"purification.{ident}.rows"] = float(len(out.data))
+        for (aid, attack), goal in zip(attacks, poisoned.goals):
+            for key, value in attack.evaluate(model, test_set, goal).items():
+                metrics[f"purification.{ident}.{aid}.{key}"] = value
+        where = {int(r): i for i, r in enumerate(out.kept.tolist())}
+        rows = [int(r) for r in shown if int(r) in where]
+        classes = poisoned.data.classes
+        artifacts.purification[ident] = {
+            "name": purifier.name,
+            "before": poisoned.data.x[rows].numpy(),
+            "after": out.data.x[[where[r] for r in rows]].numpy() if rows else None,
+            "captions": [
+                f"#{r} {classes[poisoned.data.y[r]]}" + (" (poison)" if poisoned.is_poisoned[r] else "")
+                for r in rows
+            ],
+            "critic_values": out.info.get("critic_values"),
+        }
+
+
 def run_experiment(config: ExperimentConfig, *, progress: bool = False) -> ExperimentResult:
     """Run every trial of ``config`` and gather the results."""
     start = time.perf_counter()
@@ -376,6 +490,7 @@ def run_experiment(config: ExperimentConfig, *, progress: bool = False) -> Exper
             timings[key] = timings.get(key, 0.0) + value
         first = first or artifacts
     mean, std = aggregate(per_trial)
+    se = standard_errors(per_trial, mean, std)
     timings["total"] = time.perf_counter() - start
     results = {
         "name": config.name,
@@ -389,6 +504,7 @@ def run_experiment(config: ExperimentConfig, *, progress: bool = False) -> Exper
         },
         "metrics": mean,
         "metrics_std": std,
+        "metrics_se": se,
         "per_trial": per_trial,
         "history": first.run.history,
         **({"defenses": first.defenses} if first.defenses else {}),
@@ -440,8 +556,11 @@ def report_views(result: ExperimentResult, top_k: int):
 
 
 def report_figures(result: ExperimentResult) -> dict[str, bytes]:
-    """The report's extra figures of the first trial (triggers, STRIP entropies, fine-pruning curves)."""
-    from poisonlab.report import backdoor_figures
+    """The report's extra figures of the first trial (triggers, STRIP entropies, fine-pruning curves,
+    purified examples and Mendata's critic values)."""
+    from poisonlab.report import backdoor_figures, purification_figures
 
     art = result.first
-    return backdoor_figures(art.backdoors, art.input_detection, art.defenses)
+    figures = backdoor_figures(art.backdoors, art.input_detection, art.defenses)
+    figures.update(purification_figures(art.purification))
+    return figures

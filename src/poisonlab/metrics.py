@@ -65,3 +65,17 @@ def aggregate(trials: list[dict[str, float]]) -> tuple[dict[str, float], dict[st
         mean[key] = float(finite.mean()) if len(finite) else float("nan")
         std[key] = float(finite.std(ddof=1)) if len(finite) > 1 else 0.0
     return mean, std
+
+
+def standard_errors(
+    trials: list[dict[str, float]], mean: dict[str, float], std: dict[str, float]
+) -> dict[str, float]:
+    """Standard error of each mean: binomial for 0/1 success metrics (``*.success``), else std / sqrt(n)."""
+    out = {}
+    for key, value in mean.items():
+        n = sum(1 for t in trials if key in t and math.isfinite(t[key]))
+        if key.endswith("success") and math.isfinite(value):
+            out[key] = binomial_se(value, n)
+        else:
+            out[key] = std[key] / math.sqrt(n) if n > 0 else float("nan")
+    return out

@@ -9,6 +9,7 @@ are fixed by :func:`poisonlab.models.build_model`'s seed, so a run repeats exact
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 from typing import Literal
@@ -173,6 +174,49 @@ def train(
     return TrainRun(
         model=model, checkpoints=checkpoints, history=history, seconds=time.perf_counter() - start
     )
+
+
+def train_head(
+    model: nn.Module,
+    data: Dataset,
+    config: TrainConfig | None = None,
+    *,
+    seed: int = 0,
+    eval_data: Dataset | None = None,
+    progress: bool = False,
+    desc: str = "train head",
+) -> TrainRun:
+    """Transfer setting: a copy of ``model`` whose feature extractor stays frozen and whose head is
+    re-initialised (seeded) and trained on ``data`` with ``config`` (no augmentation: the features of each
+    row are computed once). The copy's frozen parameters have ``requires_grad`` off; its checkpoints hold
+    the whole model. ``model`` needs ``features(x)`` and a linear ``head`` (every built model has them).
+    """
+    if not (
+        callable(getattr(model, "features", None)) and isinstance(getattr(model, "head", None), nn.Linear)
+    ):
+        raise ConfigError("train_head needs a model with features(x) and a linear head")
+    config = (config or TrainConfig()).model_copy(update={"augment": False})
+    victim = copy.deepcopy(model).cpu().eval()
+    for p in victim.parameters():
+        p.requires_grad_(False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        victim.head.reset_parameters()
+    victim.head.requires_grad_(True)
+
+    def as_features(d: Dataset) -> Dataset:
+        with torch.no_grad():
+            f = torch.cat([victim.features(xb) for xb in d.x.split(1024)]) if len(d) else d.x.flatten(1)
+        return Dataset._trusted(f[:, :, None, None], d.y, d.classes, d.name)
+
+    head = nn.Sequential(nn.Flatten(), victim.head)
+    evals = as_features(eval_data) if eval_data is not None else None
+    run = train(head, as_features(data), config, seed=seed, eval_data=evals, progress=progress, desc=desc)
+    body = {k: v.detach().clone() for k, v in victim.state_dict().items() if not k.startswith("head.")}
+    for ckpt in run.checkpoints:
+        ckpt.state = {**body, **{f"head.{k.split('.', 1)[1]}": v for k, v in ckpt.state.items()}}
+    victim.cpu().eval()
+    return TrainRun(victim, run.checkpoints, run.history, run.seconds)
 
 
 @torch.no_grad()

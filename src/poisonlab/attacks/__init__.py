@@ -2,9 +2,13 @@
 
 from poisonlab.attacks.backdoor import BackdoorAttack, BadNets, Blend
 from poisonlab.attacks.base import Attack
+from poisonlab.attacks.feature_collision import FeatureCollision
+from poisonlab.attacks.first_order import FirstOrder, MetaPoison
 from poisonlab.attacks.gradient_canceling import GradientCanceling  # noqa: F401  (registers it)
+from poisonlab.attacks.gradient_matching import GradientMatching
 from poisonlab.attacks.label_flip import RandomLabelFlip, TargetedLabelFlip
 from poisonlab.attacks.sleeper_agent import SleeperAgent
+from poisonlab.attacks.targeted import TargetedAttack
 from poisonlab.attacks.tgda import TGDA  # noqa: F401  (registers it)
 
 __all__ = [
@@ -12,7 +16,12 @@ __all__ = [
     "BackdoorAttack",
     "BadNets",
     "Blend",
+    "FeatureCollision",
+    "FirstOrder",
+    "GradientMatching",
+    "MetaPoison",
     "RandomLabelFlip",
     "SleeperAgent",
+    "TargetedAttack",
     "TargetedLabelFlip",
 ]

@@ -181,7 +181,7 @@ class _DirtyLabel(BackdoorAttack, BudgetedAttack):
         None, gt=0, le=1, description="poisoned share of the whole training set (drawn from other classes)"
     )
 
-    def craft(self, train: Dataset, *, generator: torch.Generator, victim: nn.Module | None = None):
+    def craft(self, train: Dataset, *, generator: torch.Generator, victim=None, test=None):
         self._check_target(train)
         eligible = self.source_mask(train.y).nonzero().flatten()
         n = self.count if self.count is not None else round(self.fraction * len(train))

@@ -8,8 +8,10 @@ from torch import nn
 
 from poisonlab.data import Dataset
 from poisonlab.errors import ConfigError
+from poisonlab.models import MODELS, build_model
 from poisonlab.poison import AttackGoal, PoisonedDataset
 from poisonlab.registry import Method
+from poisonlab.training import TrainConfig, train
 
 
 class Attack(Method):
@@ -18,8 +20,15 @@ class Attack(Method):
     kind = "attack"
 
     def craft(
-        self, train: Dataset, *, generator: torch.Generator, victim: nn.Module | None = None
+        self,
+        train: Dataset,
+        *,
+        generator: torch.Generator,
+        victim: nn.Module | None = None,
+        test: Dataset | None = None,
     ) -> PoisonedDataset:
+        """Poison ``train``. ``victim``: a clean model the attacker knows (white-box; frozen layers are not
+        trained by the victim, as in the transfer setting); ``test``: where targeted attacks draw targets."""
         raise NotImplementedError
 
     def evaluate(self, model: nn.Module, test: Dataset, goal: AttackGoal) -> dict[str, float]:
@@ -48,3 +57,29 @@ def poison_count(available: int, fraction: float | None, count: int | None, what
     if n > available:
         raise ConfigError(f"{what}: asked for {n} rows but only {available} are available")
     return n
+
+
+def train_clean_model(name: str, data: Dataset, config: TrainConfig, seed: int) -> nn.Module:
+    """The model an attack targets when given no victim: ``name`` trained on ``data`` as the runner would."""
+    model = build_model(name, data.input_shape, data.num_classes, seed=seed)
+    return train(model, data, config, seed=seed).model
+
+
+class SurrogateAttack(Attack):
+    """Fields shared by the attacks that train their own clean model when the caller gives no victim."""
+
+    model: str = Field("logreg", description="victim architecture (trained on the clean data if no victim)")
+    train: TrainConfig = Field(
+        TrainConfig(),  # frozen, so one shared default is safe
+        description="schedule of that clean model (match the experiment's `train` to attack its baseline)",
+    )
+
+    def _check_model(self):
+        if self.model not in MODELS:
+            raise ConfigError(f"unknown model {self.model!r}; known: {', '.join(MODELS)}")
+
+    def _clean_model(self, train_set: Dataset, victim: nn.Module | None, generator: torch.Generator):
+        self._check_model()
+        if victim is not None:
+            return victim
+        return train_clean_model(self.model, train_set, self.train, generator.initial_seed())

@@ -35,13 +35,12 @@ from pydantic import Field
 from torch import nn
 from torch.func import functional_call, grad, jvp
 
-from poisonlab.attacks.base import Attack
+from poisonlab.attacks.base import SurrogateAttack, train_clean_model
 from poisonlab.data import Dataset
 from poisonlab.errors import ConfigError
-from poisonlab.models import MODELS, build_model
 from poisonlab.poison import AttackGoal, PoisonedDataset
 from poisonlab.registry import register
-from poisonlab.training import TrainConfig, accuracy, train
+from poisonlab.training import accuracy
 
 __all__ = [
     "CancelingResult",
@@ -326,40 +325,14 @@ def gradient_canceling(
     return CancelingResult(out, np.asarray(history))
 
 
-def train_clean_model(name: str, data: Dataset, config: TrainConfig, seed: int) -> nn.Module:
-    """The model an attack targets when given no victim: ``name`` trained on ``data`` as the runner would."""
-    model = build_model(name, data.input_shape, data.num_classes, seed=seed)
-    return train(model, data, config, seed=seed).model
-
-
 def draw_sources(n_rows: int, count: int, generator: torch.Generator) -> torch.Tensor:
     """``count`` row indices: a random permutation of the rows, repeated when ``count`` exceeds them."""
     reps = -(-count // n_rows)
     return torch.cat([torch.randperm(n_rows, generator=generator) for _ in range(reps)])[:count]
 
 
-class _SurrogateAttack(Attack):
-    """Fields shared by the attacks that train their own clean model when the caller gives no victim."""
-
-    model: str = Field("logreg", description="victim architecture (trained on the clean data if no victim)")
-    train: TrainConfig = Field(
-        TrainConfig(),  # frozen, so one shared default is safe
-        description="schedule of that clean model (match the experiment's `train` to attack its baseline)",
-    )
-
-    def _check_model(self):
-        if self.model not in MODELS:
-            raise ConfigError(f"unknown model {self.model!r}; known: {', '.join(MODELS)}")
-
-    def _clean_model(self, train_set: Dataset, victim: nn.Module | None, generator: torch.Generator):
-        self._check_model()
-        if victim is not None:
-            return victim
-        return train_clean_model(self.model, train_set, self.train, generator.initial_seed())
-
-
 @register("attack", "gradient_canceling")
-class GradientCanceling(_SurrogateAttack):
+class GradientCanceling(SurrogateAttack):
     """Gradient canceling (seed 001): added poisons that make a GradPC target a stationary point of training.
 
     Without a victim it trains `model` on the clean data with `train` and the trial's seed (the experiment's
@@ -379,7 +352,7 @@ class GradientCanceling(_SurrogateAttack):
     batch_size: int = Field(1000, ge=1, description="rows per gradient pass (memory only)")
     tol: float = Field(1e-10, ge=0, description="stop when the objective falls below tol times its start")
 
-    def craft(self, train: Dataset, *, generator: torch.Generator, victim: nn.Module | None = None):
+    def craft(self, train: Dataset, *, generator: torch.Generator, victim=None, test=None):
         clean_model = self._clean_model(train, victim, generator)
         target = gradpc(
             clean_model, train, self.eps_w, norm=self.norm, steps=self.gradpc_steps, generator=generator

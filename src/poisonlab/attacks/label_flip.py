@@ -32,7 +32,7 @@ class TargetedLabelFlip(_Budget):
             raise ValueError("source and target must differ")
         return self
 
-    def craft(self, train: Dataset, *, generator: torch.Generator, victim: nn.Module | None = None):
+    def craft(self, train: Dataset, *, generator: torch.Generator, victim=None, test=None):
         for cls in (self.source, self.target):
             if cls >= train.num_classes:
                 raise ConfigError(f"label_flip_targeted: class {cls} is not in {train.name or 'the data'}")
@@ -59,7 +59,7 @@ class TargetedLabelFlip(_Budget):
 class RandomLabelFlip(_Budget):
     """Relabel random rows, each to a label drawn uniformly among the other classes."""
 
-    def craft(self, train: Dataset, *, generator: torch.Generator, victim: nn.Module | None = None):
+    def craft(self, train: Dataset, *, generator: torch.Generator, victim=None, test=None):
         n = poison_count(len(train), self.fraction, self.count, "label_flip_random")
         idx = torch.randperm(len(train), generator=generator)[:n]
         shift = torch.randint(1, train.num_classes, (n,), generator=generator)

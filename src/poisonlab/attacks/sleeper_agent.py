@@ -124,7 +124,7 @@ class SleeperAgent(PatchTrigger, BackdoorAttack):
             p.requires_grad_(True)
         return model
 
-    def craft(self, train: Dataset, *, generator: torch.Generator, victim: nn.Module | None = None):
+    def craft(self, train: Dataset, *, generator: torch.Generator, victim=None, test=None):
         self._check_target(train)
         if self.source is not None and self.source >= train.num_classes:
             raise ConfigError(

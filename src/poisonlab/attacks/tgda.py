@@ -26,7 +26,8 @@ from pydantic import Field
 from torch import nn
 from torch.func import functional_call, grad, jvp
 
-from poisonlab.attacks.gradient_canceling import _dot, _loss_sum, _params, _SurrogateAttack, draw_sources
+from poisonlab.attacks.base import SurrogateAttack
+from poisonlab.attacks.gradient_canceling import _dot, _loss_sum, _params, draw_sources
 from poisonlab.data import Dataset
 from poisonlab.errors import ConfigError
 from poisonlab.poison import AttackGoal, PoisonedDataset
@@ -189,7 +190,7 @@ def tgda(
 
 
 @register("attack", "tgda")
-class TGDA(_SurrogateAttack):
+class TGDA(SurrogateAttack):
     """TGDA (seed 001): poisons from a generator trained by total-gradient descent-ascent against the victim.
 
     Without a victim it trains `model` on the clean data with `train` and the trial's seed; the validation
@@ -207,7 +208,7 @@ class TGDA(_SurrogateAttack):
     val_size: int = Field(1000, ge=1, description="validation rows (drawn from the training set)")
     hidden: int = Field(256, ge=1, description="hidden units of the generator MLP")
 
-    def craft(self, train: Dataset, *, generator: torch.Generator, victim: nn.Module | None = None):
+    def craft(self, train: Dataset, *, generator: torch.Generator, victim=None, test=None):
         clean_model = self._clean_model(train, victim, generator)
         count = max(1, round(self.fraction * len(train)))
         sources = draw_sources(len(train), count, generator)

@@ -1,0 +1,148 @@
+"""Targeted clean-label attacks on real data: success rate and clean accuracy per attack and threat setting.
+
+For MNIST (a stratified subset) and the CIFAR-10 subset, each attack (feature collision, gradient matching,
+first-order poisoning, MetaPoison) in each setting (transfer: a `cnn` trained on the clean set is frozen and
+the victim retrains its last layer; from scratch: the victim trains from random weights on the released set)
+runs as an experiment through the runner with one random target per trial (a random test image and a random
+other class), 1% poisons. Reported: attack success (target classified as the adversarial label) with its
+binomial standard error, the same for a model trained on clean data (the rate without poisons), the mean
+adversarial probability of the target, the victim's and the clean model's test accuracy, crafting time.
+Writes benchmarks/results/clean_label.md (rewritten after every row, so a stopped run keeps what it did).
+
+    python benchmarks/clean_label.py [--data-root DIR] [--datasets mnist,cifar10] [--targets N]
+                                     [--attacks A,B] [--settings transfer,from_scratch]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+from poisonlab.experiment import ExperimentConfig, run_experiment
+
+HERE = Path(__file__).resolve().parent
+DATASETS = {
+    "mnist": {
+        "data": {"name": "mnist", "train_size": 3000, "test_size": 1000},
+        "train": {"epochs": 5, "lr": 0.05, "batch_size": 64},
+        "hflip": False,
+    },
+    "cifar10": {
+        "data": {"name": "cifar10", "test_size": 1000},
+        "train": {"epochs": 8, "lr": 0.05, "batch_size": 64},
+        "hflip": True,
+    },
+}
+HEAD = {"epochs": 20, "lr": 0.05, "weight_decay": 0.0}  # transfer: the last layer trained to convergence
+ATTACKS = {
+    "feature_collision": {"name": "feature_collision", "steps": 300},
+    "gradient_matching": {"name": "gradient_matching", "eps": 16 / 255, "steps": 120, "restarts": 2},
+    "first_order": {"name": "first_order", "steps": 100},
+    "metapoison": {"name": "metapoison", "steps": 60, "ensemble": 2},
+}
+SETTINGS = ("transfer", "from_scratch")
+
+
+def config_for(dataset: str, setting: str, attack: str, targets: int) -> ExperimentConfig:
+    ds = DATASETS[dataset]
+    spec = {**ATTACKS[attack], "id": "a", "fraction": 0.01, "train": ds["train"]}
+    if attack in ("gradient_matching", "first_order", "metapoison"):
+        spec["hflip"] = ds["hflip"]
+    return ExperimentConfig.model_validate({
+        "name": f"{dataset}-{setting}-{attack}", "seed": 0, "trials": targets, "model": "cnn",
+        "data": ds["data"], "train": ds["train"], "setting": setting, "head_train": HEAD,
+        "attacks": [spec], "baseline": True,
+    })  # fmt: skip
+
+
+def write(rows, args, path: Path) -> str:
+    lines = [
+        "# Targeted clean-label attacks: success and clean accuracy",
+        "",
+        f"Date: {date.today().isoformat()}. Machine: {platform.machine()}, {os.cpu_count()} cores (shared "
+        f"with other jobs), torch {torch.__version__}, 1 thread. Command: `python benchmarks/clean_label.py "
+        f"--targets {args.targets}`.",
+        "",
+        "Settings: model `cnn` (victim, surrogates and extractor); MNIST: 3,000-image stratified training "
+        "subset, 1,000 test images, 5 epochs SGD lr 0.05; CIFAR-10 subset: 4,000 training / 1,000 test "
+        "images, 8 epochs, no augmentation. Transfer: the extractor is trained on the clean set, then the "
+        "victim's last layer is re-initialised and trained 20 epochs (no weight decay) on the released set; "
+        "the attacks craft on that extractor (white-box). From scratch: the attacks train their own "
+        "surrogate (same architecture and schedule, another seed; MetaPoison 2 at staggered epochs) and the "
+        "victim trains from random weights. Poisons: 1% of the training set, from the adversarial class, "
+        "labels untouched. Feature collision: watermark 0.3, beta0 0.25, 300 steps, no L_inf bound. Gradient "
+        "matching: eps 16/255, 120 signed-Adam steps, 2 restarts, augmentation while crafting. First-order: "
+        "eps 8/255, watermark 0.1, color eps 0.02, alpha 0.1, 100 steps. MetaPoison: eps 8/255, color eps "
+        "0.04, K = 2 unrolled steps, 60 steps. One random target per trial (random test image, random other "
+        "class).",
+        "",
+        "Columns: success = target classified as the adversarial label by the victim (mean +- binomial SE "
+        "over targets); without poisons = the same for the model trained on the clean set; p(adv) = mean "
+        "adversarial probability of the target under the victim (clean model in brackets); accuracies on "
+        "the test set; craft = seconds of crafting per target.",
+        "",
+        "| data | setting | attack | targets | success | without poisons | p(adv) | victim acc | clean acc "
+        "| craft (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['dataset']} | {r['setting']} | {r['attack']} | {r['targets']} | "
+            f"{100 * r['success']:.0f} +- {100 * r['se']:.0f}% | {100 * r['clean_success']:.0f}% | "
+            f"{r['p_adv']:.2g} ({r['p_adv_clean']:.2g}) | {100 * r['victim_acc']:.1f} | "
+            f"{100 * r['clean_acc']:.1f} | {r['craft']:.1f} |"
+        )
+    lines += ["", "Literature (METHODS.md): feature collision ~100% in transfer with one poison on "
+              "InceptionV3/dog-vs-fish, 22% in the Just How Toxic transfer benchmark, much weaker from "
+              "scratch; gradient matching ~90% on CIFAR-10 ResNet-18 at 1%, eps 16; first-order 100% with "
+              "500 poisons on CIFAR-10 from scratch (seed 002)."]  # fmt: skip
+    text = "\n".join(lines) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--data-root", default=os.environ.get("POISONLAB_DATA", str(HERE.parent.parent / "shared/data"))
+    )
+    parser.add_argument("--datasets", default="mnist,cifar10")
+    parser.add_argument("--settings", default=",".join(SETTINGS))
+    parser.add_argument("--attacks", default=",".join(ATTACKS))
+    parser.add_argument("--targets", type=int, default=4, help="targets (trials) per cell")
+    parser.add_argument("--out", default=str(HERE / "results" / "clean_label.md"))
+    args = parser.parse_args()
+    os.environ["POISONLAB_DATA"] = args.data_root
+    torch.set_num_threads(1)
+    rows = []
+    for dataset in args.datasets.split(","):
+        for setting in args.settings.split(","):
+            for attack in args.attacks.split(","):
+                start = time.perf_counter()
+                result = run_experiment(config_for(dataset, setting, attack, args.targets)).results
+                m, se = result["metrics"], result["metrics_se"]
+                rows.append({
+                    "dataset": dataset, "setting": setting, "attack": attack, "targets": args.targets,
+                    "success": m["attack.a.success"], "se": se["attack.a.success"],
+                    "clean_success": m["attack.a.clean_model_success"],
+                    "p_adv": m["attack.a.adversarial_probability"],
+                    "p_adv_clean": m["attack.a.clean_model_adversarial_probability"],
+                    "victim_acc": m["victim.clean_accuracy"], "clean_acc": m["clean.clean_accuracy"],
+                    "craft": result["timings"]["attack"] / args.targets,
+                })  # fmt: skip
+                print(f"{dataset} {setting} {attack}: success {m['attack.a.success']:.2f} "
+                      f"({time.perf_counter() - start:.0f}s)", file=sys.stderr, flush=True)  # fmt: skip
+                text = write(rows, args, Path(args.out))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

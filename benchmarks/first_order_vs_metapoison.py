@@ -1,0 +1,108 @@
+"""Seed 002's timing table: time per crafting step of first-order poisoning vs MetaPoison, same model.
+
+For 50 and 500 poisons on MNIST (a 10,000-image stratified subset: 1,000 rows per class, so 500 poisons
+fit in one adversarial class), each of our two objectives is built on the same trained surrogate (one model,
+as in the seed's table: "on a single model") and one crafting step is timed: the objective on all poisons
+and its gradient with respect to them (first-order: two forward/backward passes at theta and
+theta + delta_theta; MetaPoison: K = 2 unrolled SGD steps on the poisons plus a 64-row clean batch, then the
+target loss differentiated through them). One thread, the two methods alternated, median over repeats.
+Writes benchmarks/results/first_order_vs_metapoison.md.
+
+    python benchmarks/first_order_vs_metapoison.py [--data-root DIR] [--repeats R] [--models cnn,resnet18]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+from poisonlab.attacks import FirstOrder, MetaPoison
+from poisonlab.data import load_dataset, stratified_subset
+from poisonlab.models import build_model
+from poisonlab.training import TrainConfig, train
+
+HERE = Path(__file__).resolve().parent
+SEED_TABLE = {  # seed 002, seconds per crafting step on one TITAN GPU: (MetaPoison, ours) at 50 / 500 poisons
+    "ConvNetBN": {50: (13.5, 9.3), 500: (25.4, 16.0)},
+    "VGG-13": {50: (35.5, 22.3), 500: (71.7, 36.4)},
+    "ResNet-20": {50: (48.6, 30.1), 500: (95.4, 48.1)},
+}
+MODELS = {"cnn": {}, "resnet18": {"width": 16}}
+
+
+def step_time(attack, model, train_set, test_set, count: int, repeats: int) -> list[float]:
+    generator = torch.Generator().manual_seed(0)
+    x_t, _, y_adv = attack.choose_target(test_set, train_set.num_classes, generator)
+    idx = (train_set.y == y_adv).nonzero().flatten()[:count]
+    base, labels = train_set.x[idx], train_set.y[idx]
+    objective = attack.objective([model], x_t, y_adv, base, labels, train_set, generator)
+    times = []
+    for _ in range(repeats):
+        x = base.clone().requires_grad_(True)
+        start = time.perf_counter()
+        (grad,) = torch.autograd.grad(objective(x), x)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--data-root", default=os.environ.get("POISONLAB_DATA", str(HERE.parent.parent / "shared/data"))
+    )
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--out", default=str(HERE / "results" / "first_order_vs_metapoison.md"))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    train_set = stratified_subset(load_dataset("mnist", args.data_root, split="train"), 10_000, seed=0)
+    test_set = stratified_subset(load_dataset("mnist", args.data_root, split="test"), 1000, seed=0)
+    rows = []
+    for name in args.models.split(","):
+        model = build_model(name, train_set.input_shape, 10, seed=0, **MODELS[name])
+        model = train(model, train_set, TrainConfig(epochs=1), seed=0).model.eval()
+        for count in (50, 500):
+            fo, mp = [], []
+            for _ in range(args.repeats):  # alternate the two, one step each, after a warm-up step
+                fo += step_time(FirstOrder(target_index=0), model, train_set, test_set, count, 2)[1:]
+                mp += step_time(MetaPoison(target_index=0), model, train_set, test_set, count, 2)[1:]
+            f, m = statistics.median(fo), statistics.median(mp)
+            rows.append((name, count, f, m))
+            print(f"{name} {count}: first-order {f:.3f}s, MetaPoison {m:.3f}s, ratio {f / m:.2f}", flush=True)
+    lines = [
+        "# Seed 002: time per crafting step, first-order poisoning vs MetaPoison",
+        "",
+        f"Date: {date.today().isoformat()}. Machine: {platform.machine()}, {os.cpu_count()} cores (shared "
+        f"with other jobs), torch {torch.__version__}, CPU, 1 thread. Command: `python "
+        f"benchmarks/first_order_vs_metapoison.py --repeats {args.repeats}`.",
+        "",
+        "Settings: MNIST 10,000-image subset; one surrogate per model (trained 1 epoch; the time does not "
+        "depend on it); one crafting step = objective on all poisons + gradient w.r.t. them; first-order: "
+        "two passes (theta and theta + delta_theta); MetaPoison: K = 2 unrolled SGD steps on the poisons + a "
+        "64-row clean batch, then the target loss through them (second order). Both in float32, the models "
+        "in eval mode. Median over the repeats, the two methods alternated. `resnet18` is the CIFAR "
+        "ResNet-18 at width 16. The seed timed ConvNetBN / VGG-13 / ResNet-20 on a TITAN GPU at 50/50,000 "
+        "and 500/50,000 poisons.",
+        "",
+        "| model | poisons | first-order (s/step) | MetaPoison (s/step) | ratio (ours) | seed 002 ratio |",
+        "|---|---|---|---|---|---|",
+    ]
+    seed_ratios = {c: [v[c][1] / v[c][0] for v in SEED_TABLE.values()] for c in (50, 500)}
+    for name, count, f, m in rows:
+        lo, hi = min(seed_ratios[count]), max(seed_ratios[count])
+        lines.append(f"| {name} | {count} | {f:.3f} | {m:.3f} | {f / m:.2f}x | {lo:.2f}-{hi:.2f}x |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""Feature collision / Poison Frogs (Shafahi et al. 2018; seed 000 section 2.2, crafted there with ART).
+
+Each poison starts from a base image b of the adversarial class (watermarked with the target) and solves
+
+    p = argmin_x ||f(x) - f(t)||^2 + beta ||x - b||^2                     (seed 000, section 2.2)
+
+with f the surrogate's penultimate features, by forward-backward splitting (Poison Frogs, Algorithm 1):
+forward x^ = x - lr grad_x ||f(x) - f(t)||^2, backward x = (x^ + lr beta b) / (1 + lr beta), then clip to
+the image box (and to ||x - b||_inf <= eps when ``eps`` is set). A step whose objective is not below the
+mean of the poison's last 40 objectives is undone and that poison's lr multiplied by ``decay`` (0.5).
+beta = beta0 (feature_dim / input_dim)^2 with the paper's beta0 = 0.25, applied to our [0, 1] pixels as is
+(a choice: rescaling it by 255^2 for the paper's [0, 255] pixels pinned the poisons to their bases and no
+target flipped on MNIST; ``beta`` overrides). lr 0.1 (the paper's step is for its pixel scale).
+Watermark (``opacity``): b <- (1 - o) b + o t, 0.3 by default. Every poison of a trial moves together
+(per-poison step sizes), on the surrogate's ``features`` (a :class:`~poisonlab.models.Classifier`, or any
+module with a ``features`` method). Built for the transfer setting (frozen extractor, retrained head),
+where one poison can suffice; from scratch it needs many poisons and is much weaker (METHODS.md).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from pydantic import Field
+
+from poisonlab.attacks.targeted import TargetedAttack, assert_budget, watermark
+from poisonlab.errors import ConfigError
+from poisonlab.registry import register
+
+
+@register("attack", "feature_collision")
+class FeatureCollision(TargetedAttack):
+    """Poison Frogs (Shafahi 2018; seed 000): poisons whose penultimate features collide with the target's."""
+
+    steps: int = Field(500, ge=1, description="forward-backward splitting iterations")
+    lr: float = Field(0.1, gt=0, description="initial forward step size (per poison, decayed on failure)")
+    decay: float = Field(0.5, gt=0, lt=1, description="step-size factor after an undone step")
+    window: int = Field(40, ge=1, description="a step must beat the mean of the last `window` objectives")
+    beta0: float = Field(0.25, gt=0, description="beta = beta0 (feature_dim / input_dim)^2")
+    beta: float | None = Field(None, gt=0, description="the penalty weight in [0, 1] pixel units (overrides)")
+    opacity: float = Field(0.3, ge=0, lt=1, description="watermark opacity of the target on the bases")
+    eps: float | None = Field(
+        None, gt=0, le=1, description="optional L_inf bound around the watermarked base"
+    )
+
+    def penalty(self, feature_dim: int, input_dim: int) -> float:
+        """beta in [0, 1] pixel units."""
+        if self.beta is not None:
+            return self.beta
+        return self.beta0 * (feature_dim / input_dim) ** 2
+
+    def craft(self, train, *, generator, victim=None, test=None):
+        x_t, y_t, y_adv = self.choose_target(test, train.num_classes, generator)
+        idx = self.choose_poisons(train, y_adv, generator)
+        model = self.surrogates(train, victim, generator)[0]
+        features = getattr(model, "features", None)
+        if not callable(features):
+            raise ConfigError(f"{self.name}: the surrogate has no `features` method (penultimate layer)")
+        device = next(model.parameters()).device  # craft where the surrogate lives (CPU or CUDA)
+        x_t = x_t.to(device)
+        base = watermark(train.x[idx].to(device), x_t, self.opacity)
+        with torch.no_grad():
+            f_t = features(x_t)
+        beta = self.penalty(f_t.shape[1], math.prod(x_t.shape[1:]))
+        view = (-1,) + (1,) * (base.dim() - 1)
+
+        def objective(x):
+            with torch.no_grad():
+                return (features(x) - f_t).pow(2).sum(1) + beta * (x - base).pow(2).flatten(1).sum(1)
+
+        x = base.clone()
+        lr = torch.full((len(base),), self.lr, device=device)
+        history = objective(x)[:, None]
+        for _ in range(self.steps):
+            x.requires_grad_(True)
+            collision = (features(x) - f_t).pow(2).sum()
+            (grad,) = torch.autograd.grad(collision, x)
+            x = x.detach()
+            step = lr.view(view)
+            new = ((x - step * grad) + step * beta * base) / (1 + step * beta)
+            new = new.clamp(0, 1)
+            if self.eps is not None:
+                new = torch.maximum(torch.minimum(new, base + self.eps), base - self.eps)
+            value = objective(new)
+            accept = value < history[:, -self.window :].mean(1)
+            x = torch.where(accept.view(view), new, x)
+            lr = torch.where(accept, lr, lr * self.decay)
+            history = torch.cat([history, torch.where(accept, value, history[:, -1])[:, None]], 1)
+        if self.eps is not None:
+            assert_budget(x, base, self.eps)
+        final = history[:, -1]
+        with torch.no_grad():
+            distance = (features(x) - f_t).norm(dim=1) / f_t.norm()
+        goal = self.goal(
+            x_t.cpu(), y_t, y_adv,
+            objective={"first": float(history[:, 0].mean()), "last": float(final.mean())},
+            feature_distance=float(distance.mean()), beta=beta,
+        )  # fmt: skip
+        return self.released(train, idx, x, goal)

@@ -1,0 +1,325 @@
+"""Targeted clean-label attacks: the target, the poisons, the surrogates, and one crafting loop for all.
+
+A targeted attack wants one test image ``x_t`` (true class ``y_t``) classified as ``y_adv`` by a victim
+trained on the released set. Its poisons are training rows of class ``y_adv`` that keep their correct
+labels; only their pixels change, by at most ``eps`` in L_inf (plus, for the attacks that use it, a
+smooth color shift of at most ``color_eps`` and a watermark of the target). The attacks differ only in
+the objective they minimise over the perturbations; like forest (Witches' Brew's code) the optimiser is
+written once: :func:`craft_perturbations`, signed Adam over every poison of a trial at once, with the
+step divided by 10 at 3/8, 5/8 and 7/8 of the steps, random restarts keeping the lowest final loss, and
+optional differentiable augmentation (random crop + flip of the poisoned batch).
+
+Target choice (a documented choice; the papers pick at random too): a uniformly drawn test row of
+``target_class`` (any class when unset), and ``adversarial_class`` or a uniformly drawn other class.
+Poisons: uniformly drawn training rows of the adversarial class (Witches' Brew, MetaPoison, Poison Frogs'
+bases). One target per trial: success over trials is the success rate over targets.
+
+Surrogates: with a ``victim`` (the clean model the victim starts from: the transfer setting's frozen
+feature extractor, or white-box) the attack crafts on it, and only its parameters with
+``requires_grad`` count as the victim's trainable ones; otherwise it trains ``ensemble`` models of
+architecture ``model`` on the clean set for staggered numbers of epochs (MetaPoison's staggered ensemble;
+one model when ``ensemble`` is 1), seeded from the trial's generator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import nn
+
+from poisonlab.attacks.base import SurrogateAttack
+from poisonlab.data import Dataset
+from poisonlab.errors import ConfigError
+from poisonlab.models import build_model
+from poisonlab.poison import AttackGoal, PoisonedDataset
+from poisonlab.training import augment_batch, predict, train
+
+
+def trainable(model: nn.Module) -> list[torch.Tensor]:
+    """The parameters a victim would train (``requires_grad``), in a fixed order."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError("the surrogate model has no trainable parameter")
+    return params
+
+
+def recolor(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Smooth color perturbation: ``x + s_c(x_c)`` with ``s_c`` piecewise linear in the intensity.
+
+    ``shift`` (N, C, G) holds each image's per-channel shift at G equally spaced intensities; a factorised,
+    per-channel version of MetaPoison's ReColor (a shift field over color space, smooth by construction).
+    """
+    n, c = x.shape[:2]
+    knots = shift.shape[-1]
+    pos = x.clamp(0, 1).reshape(n, c, -1) * (knots - 1)
+    low = pos.detach().floor().clamp(0, knots - 2).long()
+    frac = pos - low
+    left, right = shift.gather(2, low), shift.gather(2, low + 1)
+    return x + (left * (1 - frac) + right * frac).reshape(x.shape)
+
+
+@dataclass
+class Crafted:
+    """The best restart's perturbation (image units), color shift and per-step losses."""
+
+    delta: torch.Tensor
+    color: torch.Tensor | None
+    losses: list[float] = field(default_factory=list)
+    restart_losses: list[float] = field(default_factory=list)
+
+
+def apply_perturbation(
+    base: torch.Tensor, delta: torch.Tensor, color: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The released poisons: recolored base plus delta, clipped to the image box."""
+    x = recolor(base, color) if color is not None else base
+    return (x + delta).clamp(0, 1)
+
+
+def craft_perturbations(
+    base: torch.Tensor,
+    objective: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    eps: float,
+    steps: int,
+    lr: float,
+    generator: torch.Generator,
+    restarts: int = 1,
+    color_eps: float = 0.0,
+    color_knots: int = 8,
+    augment: bool = False,
+    hflip: bool = True,
+) -> Crafted:
+    """Minimise ``objective(poisons)`` over ||delta||_inf <= eps (and |color shift| <= color_eps).
+
+    Signed Adam on delta / eps (Geiping et al. 2021): the gradient's sign feeds Adam, whose step ``lr`` is
+    in units of eps, divided by 10 at 3/8, 5/8 and 7/8 of ``steps``; each restart starts from a uniform
+    draw in the ball and the restart with the lowest last loss wins. All poisons move together.
+    """
+    best: Crafted | None = None
+    best_loss = float("inf")
+    restart_losses = []
+    for _ in range(restarts):
+        unit = (torch.rand(base.shape, generator=generator, device="cpu") * 2 - 1).to(base)
+        unit.requires_grad_(True)
+        params = [unit]
+        color = None
+        if color_eps > 0:
+            color = torch.zeros(*base.shape[:2], color_knots, device=base.device, requires_grad=True)
+            params.append(color)
+        opt = torch.optim.Adam(params, lr=lr)
+        marks = sorted({max(1, int(steps * f)) for f in (3 / 8, 5 / 8, 7 / 8)})
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, marks, gamma=0.1)
+        losses = []
+        for _step in range(steps):
+            x = apply_perturbation(base, eps * unit, color_eps * color if color is not None else None)
+            if augment:
+                x = augment_batch(x, generator, hflip)
+            loss = objective(x)
+            grads = torch.autograd.grad(loss, params)
+            for p, g in zip(params, grads):
+                p.grad = g.sign()
+            opt.step()
+            sched.step()
+            with torch.no_grad():
+                for p in params:
+                    p.clamp_(-1, 1)
+            losses.append(float(loss.detach()))
+        restart_losses.append(losses[-1])
+        if losses[-1] < best_loss:
+            best_loss = losses[-1]
+            shift = color_eps * color.detach() if color is not None else None
+            best = Crafted(eps * unit.detach(), shift, losses)
+    assert best is not None
+    best.restart_losses = restart_losses
+    return best
+
+
+class TargetedAttack(SurrogateAttack):
+    """Base of the targeted clean-label attacks: target choice, poison budget, surrogates, success."""
+
+    model: str = Field("cnn", description="surrogate architecture (trained on the clean data if no victim)")
+    target_class: int | None = Field(None, ge=0, description="class of the target image; any if unset")
+    adversarial_class: int | None = Field(
+        None, ge=0, description="label the attacker wants for the target; a random other class if unset"
+    )
+    target_index: int | None = Field(
+        None, ge=0, description="row of the test set used as target; drawn at random if unset"
+    )
+    fraction: float | None = Field(
+        None, gt=0, le=1, description="poisons as a share of the training set (1% if no count either)"
+    )
+    count: int | None = Field(None, ge=1, description="number of poisons (instead of a fraction)")
+    ensemble: int = Field(1, ge=1, description="surrogates trained for staggered epochs (without victim)")
+
+    default_fraction: ClassVar[float] = 0.01
+
+    @model_validator(mode="after")
+    def _check_targeted(self):
+        if self.fraction is not None and self.count is not None:
+            raise ValueError("give at most one of fraction and count")
+        if self.target_class is not None and self.target_class == self.adversarial_class:
+            raise ValueError("target_class and adversarial_class must differ")
+        self._check_model()
+        return self
+
+    # -- the target and the poisons -------------------------------------------------------------------
+    def choose_target(self, test: Dataset | None, num_classes: int, generator: torch.Generator):
+        """(x_t of shape (1, C, H, W), y_t, y_adv) drawn from ``test`` as documented in the module."""
+        if test is None or len(test) == 0:
+            raise ConfigError(f"{self.name}: a targeted attack needs test data to draw its target from")
+        for cls in (self.target_class, self.adversarial_class):
+            if cls is not None and cls >= num_classes:
+                raise ConfigError(f"{self.name}: class {cls} is not among the {num_classes} classes")
+        if self.target_index is not None:
+            if self.target_index >= len(test):
+                raise ConfigError(f"{self.name}: target_index {self.target_index} >= {len(test)} test rows")
+            index = self.target_index
+        else:
+            ok = torch.ones(len(test), dtype=torch.bool)
+            if self.target_class is not None:
+                ok &= test.y == self.target_class
+            if self.adversarial_class is not None:
+                ok &= test.y != self.adversarial_class
+            rows = ok.nonzero().flatten()
+            if len(rows) == 0:
+                raise ConfigError(f"{self.name}: no test row of class {self.target_class} to target")
+            index = int(rows[torch.randint(len(rows), (1,), generator=generator)])
+        y_t = int(test.y[index])
+        if self.adversarial_class is not None:
+            y_adv = self.adversarial_class
+        else:
+            y_adv = int(torch.randint(num_classes - 1, (1,), generator=generator))
+            y_adv += int(y_adv >= y_t)
+        if y_adv == y_t:
+            raise ConfigError(f"{self.name}: target row {index} is already of class {y_adv}")
+        return test.x[index : index + 1], y_t, y_adv
+
+    def choose_poisons(self, train: Dataset, y_adv: int, generator: torch.Generator) -> torch.Tensor:
+        """Sorted indices of the poisons: uniformly drawn rows of the adversarial class."""
+        rows = (train.y == y_adv).nonzero().flatten()
+        if self.count is not None:
+            n = self.count
+        else:
+            n = round((self.fraction if self.fraction is not None else self.default_fraction) * len(train))
+        if n < 1 or n > len(rows):
+            raise ConfigError(
+                f"{self.name}: {n} poisons asked, the adversarial class {y_adv} has {len(rows)} rows"
+            )
+        return rows[torch.randperm(len(rows), generator=generator)[:n]].sort().values
+
+    # -- the surrogates -------------------------------------------------------------------------------
+    def surrogates(
+        self, train: Dataset, victim: nn.Module | None, generator: torch.Generator
+    ) -> list[nn.Module]:
+        """The victim (frozen parts stay frozen), or ``ensemble`` clean models at staggered epochs."""
+        if victim is not None:
+            return [victim.eval()]
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        models = []
+        for i in range(self.ensemble):
+            epochs = max(1, round(self.train.epochs * (i + 1) / self.ensemble))
+            milestones = tuple(m for m in self.train.milestones if m <= epochs)
+            config = self.train.model_copy(update={"epochs": epochs, "milestones": milestones})
+            model = build_model(self.model, train.input_shape, train.num_classes, seed=seed + i)
+            models.append(train_model(model, train, config, seed + i))
+        return models
+
+    # -- the record -----------------------------------------------------------------------------------
+    def released(
+        self, train: Dataset, idx: torch.Tensor, poisons: torch.Tensor, goal: AttackGoal
+    ) -> PoisonedDataset:
+        """The poisoned set, after checking the poisons lie in the image box."""
+        if not (poisons.min() >= 0 and poisons.max() <= 1):
+            raise AssertionError(f"{self.name}: poisons left the image box [0, 1]")
+        x = train.x.clone()
+        x[idx] = poisons.detach().to(x.device, x.dtype)
+        return PoisonedDataset.from_rows(
+            train, Dataset._trusted(x, train.y.clone(), train.classes, train.name), idx, goal
+        )
+
+    def goal(self, x_t, y_t: int, y_adv: int, **info) -> AttackGoal:
+        params = {**self.model_dump(mode="json"), **info}
+        return AttackGoal(self.name, params, x_t, torch.tensor([y_t]), adversarial_label=y_adv)
+
+    def evaluate(self, model: nn.Module, test: Dataset, goal: AttackGoal) -> dict[str, float]:
+        """success (the target is classified as the adversarial label), its probability, target_correct."""
+        if goal.target_x is None:
+            return {}
+        probs = predict(model, goal.target_x).softmax(1)[0]
+        pred = int(probs.argmax())
+        return {
+            "success": float(pred == goal.adversarial_label),
+            "adversarial_probability": float(probs[goal.adversarial_label]),
+            "target_correct": float(pred == int(goal.target_y[0])),
+        }
+
+
+class PerturbationAttack(TargetedAttack):
+    """A targeted attack whose poisons are ``watermark(base) + color shift + delta`` found by
+    :func:`craft_perturbations`; subclasses give only the objective."""
+
+    eps: float = Field(16 / 255, gt=0, le=1, description="L_inf bound of delta around the (watermarked) base")
+    steps: int = Field(250, ge=1, description="signed-Adam steps per restart")
+    lr: float = Field(0.1, gt=0, description="signed-Adam step, in units of eps")
+    restarts: int = Field(1, ge=1, description="random restarts; the lowest final loss wins")
+    augment: bool = Field(False, description="random crop (+ flip) of the poisons while crafting")
+    hflip: bool = Field(True, description="flip when augmenting (turn off for digits)")
+    color_eps: float = Field(0.0, ge=0, le=1, description="bound of the smooth color shift (0: none)")
+    opacity: float = Field(0.0, ge=0, lt=1, description="watermark: base <- (1-o) base + o target (0: none)")
+
+    def objective(self, models, x_t, y_adv: int, base, labels, train, generator):
+        """A function of the poisoned batch to minimise (built once per craft)."""
+        raise NotImplementedError
+
+    def craft(self, train, *, generator, victim=None, test=None):
+        x_t, y_t, y_adv = self.choose_target(test, train.num_classes, generator)
+        idx = self.choose_poisons(train, y_adv, generator)
+        models = self.surrogates(train, victim, generator)
+        device = next(models[0].parameters()).device  # craft where the surrogate lives (CPU or CUDA)
+        x_t, base = x_t.to(device), train.x[idx].to(device)
+        base = watermark(base, x_t, self.opacity) if self.opacity else base
+        objective = self.objective(models, x_t, y_adv, base, train.y[idx].to(device), train, generator)
+        result = craft_perturbations(
+            base, objective, eps=self.eps, steps=self.steps, lr=self.lr, generator=generator,
+            restarts=self.restarts, color_eps=self.color_eps, augment=self.augment, hflip=self.hflip,
+        )  # fmt: skip
+        poisons = apply_perturbation(base, result.delta, result.color)
+        assert_budget(poisons, base, self.eps, self.color_eps)
+        losses = result.losses
+        goal = self.goal(
+            x_t.cpu(), y_t, y_adv,
+            loss={"first": losses[0], "last": losses[-1], "min": min(losses)},
+            restart_losses=result.restart_losses,
+        )  # fmt: skip
+        return self.released(train, idx, poisons, goal)
+
+
+def train_model(model: nn.Module, data: Dataset, config, seed: int) -> nn.Module:
+    """Train a surrogate and return it in eval mode with every parameter trainable."""
+    model = train(model, data, config, seed=seed).model.eval()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model
+
+
+def watermark(base: torch.Tensor, target: torch.Tensor, opacity: float) -> torch.Tensor:
+    """Blend the target into every base image: (1 - opacity) * base + opacity * target (Poison Frogs)."""
+    return (1 - opacity) * base + opacity * target.expand_as(base)
+
+
+def assert_budget(poisons, base, eps: float, color_eps: float = 0.0) -> None:
+    """The attack's promise: ||poison - base||_inf <= eps + color_eps and every pixel in [0, 1]."""
+    gap = float((poisons - base).abs().max()) if len(base) else 0.0
+    if gap > eps + color_eps + 1e-5:
+        raise AssertionError(f"perturbation {gap:.4f} exceeds its budget {eps + color_eps:.4f}")
+
+
+def adversarial_loss(model: nn.Module, x_t: torch.Tensor, y_adv: int) -> torch.Tensor:
+    """Cross-entropy of the target under the adversarial label."""
+    return F.cross_entropy(model(x_t), torch.tensor([y_adv], device=x_t.device))
