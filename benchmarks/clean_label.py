@@ -11,6 +11,11 @@ Writes benchmarks/results/clean_label.md (rewritten after every row, so a stoppe
 
     python benchmarks/clean_label.py [--data-root DIR] [--datasets mnist,cifar10] [--targets N]
                                      [--attacks A,B] [--settings transfer,from_scratch]
+    python benchmarks/clean_label.py --beta-sweep [--targets N]
+
+``--beta-sweep`` measures feature collision's trade-off instead: MNIST transfer, 1% poisons, beta from the
+default formula and two fixed values; writes benchmarks/results/feature_collision_beta.md (the poisons of
+one target at each beta are pictured in feature_collision_beta.png).
 """
 
 from __future__ import annotations
@@ -109,6 +114,56 @@ def write(rows, args, path: Path) -> str:
     return text
 
 
+def beta_sweep(args) -> None:
+    """Feature collision on MNIST (transfer): success and how far the poisons move, per beta."""
+    lines = [
+        "# Feature collision: the beta trade-off (MNIST, transfer)",
+        "",
+        f"Date: {date.today().isoformat()}. Machine: {platform.machine()}, {os.cpu_count()} cores (shared "
+        f"with other jobs), torch {torch.__version__}, 1 thread. Command: `python benchmarks/clean_label.py "
+        f"--beta-sweep --targets {args.targets}`. Settings as the MNIST transfer row of clean_label.md (30 "
+        "poisons, watermark 0.3, 300 steps, no eps). Distance = ||f(poison) - f(target)|| / ||f(target)||; "
+       ,
+        "",
+        "| beta | success | without poisons | feature distance | victim acc |",
+        "|---|---|---|---|---|",
+    ]
+    pictures = []
+    for beta in (None, 0.1, 1.0):
+        config = config_for("mnist", "transfer", "feature_collision", args.targets)
+        raw = config.model_dump(mode="json")
+        raw["attacks"][0]["beta"] = beta
+        result = run_experiment(ExperimentConfig.model_validate(raw))
+        m, se = result.results["metrics"], result.results["metrics_se"]
+        poisoned = result.first.poisoned
+        distance = poisoned.goals[0].params["feature_distance"]
+        label = "default (beta0 0.25: 0.0067)" if beta is None else f"{beta:g}"
+        pictures.append(
+            (label.split(" ")[0], [poisoned.goals[0].target_x[0], *poisoned.data.x[poisoned.poison_idx[:5]]])
+        )
+        lines.append(
+            f"| {label} | {100 * m['attack.a.success']:.0f} +- {100 * se['attack.a.success']:.0f}% | "
+            f"{100 * m['attack.a.clean_model_success']:.0f}% | {distance:.3f} (first target) | "
+            f"{100 * m['victim.clean_accuracy']:.1f} |"
+        )
+        print(lines[-1], file=sys.stderr, flush=True)
+    lines += ["", "![the first trial's target and five of its poisons at each beta, top to bottom as in the "
+              "table](feature_collision_beta.png)"]  # fmt: skip
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 1.6 * len(pictures)))
+    for r, (label, images) in enumerate(pictures):
+        for c, img in enumerate(images):
+            ax = fig.add_subplot(len(pictures), len(images), r * len(images) + c + 1)
+            ax.imshow(img.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray", vmin=0, vmax=1)
+            ax.set_title("target" if c == 0 else f"poison ({label})", fontsize=7)
+            ax.axis("off")
+    fig.savefig(HERE / "results" / "feature_collision_beta.png", dpi=70)
+    text = "\n".join(lines) + "\n"
+    (HERE / "results" / "feature_collision_beta.md").write_text(text)
+    print(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -119,9 +174,13 @@ def main() -> None:
     parser.add_argument("--attacks", default=",".join(ATTACKS))
     parser.add_argument("--targets", type=int, default=4, help="targets (trials) per cell")
     parser.add_argument("--out", default=str(HERE / "results" / "clean_label.md"))
+    parser.add_argument("--beta-sweep", action="store_true", help="feature collision's beta trade-off")
     args = parser.parse_args()
     os.environ["POISONLAB_DATA"] = args.data_root
     torch.set_num_threads(1)
+    if args.beta_sweep:
+        beta_sweep(args)
+        return
     rows = []
     for dataset in args.datasets.split(","):
         for setting in args.settings.split(","):

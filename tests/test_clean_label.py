@@ -14,7 +14,7 @@ from poisonlab.attacks import FeatureCollision, FirstOrder, GradientMatching, Me
 from poisonlab.attacks.targeted import recolor
 from poisonlab.data import load_dataset, stratified_subset
 from poisonlab.errors import ConfigError
-from poisonlab.experiment import ExperimentConfig, run_experiment
+from poisonlab.experiment import ExperimentConfig, report_figures, run_experiment
 from poisonlab.models import build_model
 from poisonlab.training import TrainConfig, accuracy, train, train_head
 
@@ -146,8 +146,11 @@ def test_runner_transfer_setting_reports_success_with_binomial_error(digits_spli
         "attacks": [{"name": "feature_collision", "id": "fc", "count": 10, "steps": 50}],
         "detectors": [{"name": "tracin_self"}],
     })  # fmt: skip
-    result = run_experiment(config).results
+    experiment = run_experiment(config)
+    result = experiment.results
     metrics = result["metrics"]
+    figures = report_figures(experiment)
+    assert any(key.startswith("fc: the target") for key in figures)  # target + poisons in the report
     assert "extractor.clean_accuracy" in metrics and metrics["victim.clean_accuracy"] > 0.8
     p = metrics["attack.fc.success"]
     assert result["metrics_se"]["attack.fc.success"] == pytest.approx(math.sqrt(p * (1 - p) / 2))

@@ -234,6 +234,7 @@ class TrialArtifacts:
     input_detection: dict[str, dict[str, Any]] = field(default_factory=dict)  # STRIP entropies, boundary
     defenses: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-step tables of the repairs
     purification: dict[str, dict[str, Any]] = field(default_factory=dict)  # examples, critic values
+    targeted: dict[str, dict[str, Any]] = field(default_factory=dict)  # target, poisons before / after
 
 
 @dataclass
@@ -338,6 +339,7 @@ def run_trial(
                     if value is not None:
                         metrics[f"detection.{ident}.{gid}.{key}"] = value
     _backdoor_examples(artifacts, attacks, test_set)
+    _targeted_examples(artifacts, attacks)
     _defend(config, victim, attacks, poisoned, test_set, seed, metrics, timings, artifacts)
     _purify(config, fit, victim, run, attacks, poisoned, test_set, generator, metrics, timings, artifacts)
     return metrics, timings, artifacts
@@ -349,6 +351,24 @@ def _first_backdoor(attacks, poisoned: PoisonedDataset):
         if isinstance(attack, BackdoorAttack):
             return attack, goal
     return None, None
+
+
+def _targeted_examples(artifacts: TrialArtifacts, attacks, count: int = 5) -> None:
+    """The report's view of each targeted attack: the target, then a few poisons before and after crafting."""
+    poisoned = artifacts.poisoned
+    classes = poisoned.data.classes
+    for gi, ((ident, attack), goal) in enumerate(zip(attacks, poisoned.goals)):
+        if goal.target_x is None:
+            continue
+        rows = poisoned.mask_of(gi).nonzero().flatten()[:count]
+        orig = {int(i): j for j, i in enumerate(poisoned.poison_idx.tolist())}
+        target = goal.target_x.cpu()
+        before = torch.cat([target, poisoned.original.x[[orig[int(i)] for i in rows]]])
+        after = torch.cat([target, poisoned.data.x[rows]])
+        captions = [f"target {classes[int(goal.target_y[0])]} -> {classes[goal.adversarial_label]}"]
+        captions += [f"#{int(i)} {classes[poisoned.data.y[i]]}" for i in rows]
+        artifacts.targeted[ident] = {"name": attack.name, "before": before.numpy(), "after": after.numpy(),
+                                     "captions": captions}  # fmt: skip
 
 
 def _backdoor_examples(artifacts: TrialArtifacts, attacks, test_set, count: int = 6) -> None:
@@ -558,9 +578,13 @@ def report_views(result: ExperimentResult, top_k: int):
 def report_figures(result: ExperimentResult) -> dict[str, bytes]:
     """The report's extra figures of the first trial (triggers, STRIP entropies, fine-pruning curves,
     purified examples and Mendata's critic values)."""
-    from poisonlab.report import backdoor_figures, purification_figures
+    from poisonlab.report import backdoor_figures, purification_figures, purification_png
 
     art = result.first
     figures = backdoor_figures(art.backdoors, art.input_detection, art.defenses)
     figures.update(purification_figures(art.purification))
+    for ident, t in art.targeted.items():
+        figures[f"{ident}: the target and poisons before / after crafting"] = purification_png(
+            t["name"], t["before"], t["after"], t["captions"]
+        )
     return figures
