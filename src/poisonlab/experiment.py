@@ -182,19 +182,24 @@ def _build(kind: str, specs: list[dict[str, Any]]):
     return built
 
 
-def load_config(path: str | Path | None = None, **overrides: Any) -> ExperimentConfig:
-    """Read and validate a YAML config (the bundled default when ``path`` is None)."""
-    path = Path(path) if path is not None else DEFAULT_CONFIG
+def read_yaml(path: Path, what: str = "config") -> Any:
+    """Parse a YAML file safely; a missing, unreadable or malformed file is a one-line ConfigError."""
     try:
-        raw = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
+        raise ConfigError(f"{path}: {what} file not found") from None
     except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path}: cannot read config: {err}") from None
+        raise ConfigError(f"{path}: cannot read {what}: {err}") from None
     except yaml.YAMLError as err:
         where = getattr(err, "problem_mark", None)
         line = f" at line {where.line + 1}" if where else ""
         raise ConfigError(f"{path}: not valid YAML{line}") from None
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> ExperimentConfig:
+    """Read and validate a YAML config (the bundled default when ``path`` is None)."""
+    path = Path(path) if path is not None else DEFAULT_CONFIG
+    raw = read_yaml(path)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

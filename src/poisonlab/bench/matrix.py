@@ -30,11 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from poisonlab.errors import ConfigError
-from poisonlab.experiment import ExperimentConfig
+from poisonlab.experiment import ExperimentConfig, read_yaml
 from poisonlab.registry import format_validation_error
 
 # Config keys that do not change what a trial computes: left out of a cell's identity.
@@ -256,22 +255,10 @@ def cell_identity(config: ExperimentConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _read_yaml(path: Path, what: str) -> Any:
-    try:
-        return yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: {what} not found") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path}: cannot read {what}: {err}") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        raise ConfigError(f"{path}: not valid YAML{f' at line {mark.line + 1}' if mark else ''}") from None
-
-
 def load_matrix(path: str | Path, *, trials: int | None = None) -> Matrix:
     """Read a matrix YAML file and expand it (``trials`` overrides the file's)."""
     path = Path(path)
-    raw = _read_yaml(path, "matrix file")
+    raw = read_yaml(path, "matrix")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a matrix is a mapping of keys, got {type(raw).__name__}")
     return build_matrix(raw, source=path, trials=trials)
@@ -294,7 +281,7 @@ def build_matrix(
         base_path = Path(base)
         if not base_path.is_absolute() and where != "<memory>":
             base_path = Path(where).parent / base_path
-        base = _read_yaml(base_path, "base config")
+        base = read_yaml(base_path, "base config")
         if base is None:
             base = {}
         if not isinstance(base, dict):
