@@ -60,27 +60,31 @@ def test_feature_collision_transfer_succeeds_on_most_targets(mnist):
     assert poisoned_hits >= 4 and clean_hits == 0, (poisoned_hits, clean_hits)
 
 
-def test_gradient_matching_lowers_its_loss_and_raises_the_adversarial_probability(digits_split):
+def test_gradient_matching_lowers_its_loss_and_fools_from_scratch_victims_more_often(digits_split):
+    """Digits, cnn from scratch, 5% poisons at eps 64/255, the surrogate's runner-up class, the surrogate
+    retrained on the poisons every 30 steps: the victims misclassify a target where clean training never
+    does, and give the adversarial class far more probability (benchmarks/results/clean_label.md)."""
     train_set, test_set = digits_split
-    ratios = []
-    for seed in range(3):
+    ratios, hits, clean_hits = [], 0, 0
+    for seed in range(4):
         attack = GradientMatching(
-            fraction=0.05, eps=64 / 255, steps=120, restarts=2, augment=False, train=FAST
-        )
+            fraction=0.05, eps=64 / 255, steps=120, restarts=1, augment=False, train=FAST,
+            adversarial_choice="runner_up", retrain_every=30,
+        )  # fmt: skip
         poisoned = attack.craft(train_set, generator=torch.Generator().manual_seed(seed), test=test_set)
         goal = poisoned.goals[0]
         loss = goal.params["loss"]
-        assert loss["last"] < 0.6 * loss["first"]
-        assert len(goal.params["restart_losses"]) == 2
+        assert loss["last"] < 0.8 * loss["first"]
         delta = poisoned.data.x[poisoned.poison_idx] - poisoned.original.x
         assert delta.abs().max() <= 64 / 255 + 1e-6 and (poisoned.data.y == train_set.y).all()
         victim = train(build_model("cnn", (1, 8, 8), 10, seed=50 + seed), poisoned.data, FAST, seed=50 + seed)
         clean = train(build_model("cnn", (1, 8, 8), 10, seed=50 + seed), train_set, FAST, seed=50 + seed)
-        p_victim = attack.evaluate(victim.model, test_set, goal)["adversarial_probability"]
-        p_clean = attack.evaluate(clean.model, test_set, goal)["adversarial_probability"]
-        ratios.append(math.log10(p_victim / p_clean))
-    # Digits targets stay correctly classified at this scale (see benchmarks/results/clean_label.md); the
-    # from-scratch victim gives the adversarial label a much higher probability than the clean one does.
+        on_victim = attack.evaluate(victim.model, test_set, goal)
+        on_clean = attack.evaluate(clean.model, test_set, goal)
+        hits += on_victim["success"]
+        clean_hits += on_clean["success"]
+        ratios.append(math.log10(on_victim["adversarial_probability"] / on_clean["adversarial_probability"]))
+    assert hits > clean_hits, (hits, clean_hits, ratios)
     assert min(ratios) > 0 and sum(ratios) / len(ratios) > 1, ratios
 
 

@@ -51,9 +51,8 @@ class FeatureCollision(TargetedAttack):
         return self.beta0 * (feature_dim / input_dim) ** 2
 
     def craft(self, train, *, generator, victim=None, test=None):
-        x_t, y_t, y_adv = self.choose_target(test, train.num_classes, generator)
-        idx = self.choose_poisons(train, y_adv, generator)
-        model = self.surrogates(train, victim, generator)[0]
+        x_t, y_t, y_adv, idx, models = self.setup(train, test, victim, generator)
+        model = models[0]
         features = getattr(model, "features", None)
         if not callable(features):
             raise ConfigError(f"{self.name}: the surrogate has no `features` method (penultimate layer)")

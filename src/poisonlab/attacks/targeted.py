@@ -10,7 +10,9 @@ step divided by 10 at 3/8, 5/8 and 7/8 of the steps, random restarts keeping the
 optional differentiable augmentation (random crop + flip of the poisoned batch).
 
 Target choice (a documented choice; the papers pick at random too): a uniformly drawn test row of
-``target_class`` (any class when unset), and ``adversarial_class`` or a uniformly drawn other class.
+``target_class`` (any class when unset), and ``adversarial_class`` or a uniformly drawn other class; with
+``adversarial_choice: runner_up`` the attacker instead takes the class its surrogates rank second for the
+target (their mean softmax), the easiest class to push the target into.
 Poisons: uniformly drawn training rows of the adversarial class (Witches' Brew, MetaPoison, Poison Frogs'
 bases). One target per trial: success over trials is the success rate over targets.
 
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -94,17 +96,23 @@ def craft_perturbations(
     color_knots: int = 8,
     augment: bool = False,
     hflip: bool = True,
+    refresh: Callable[[torch.Tensor], Callable[[torch.Tensor], torch.Tensor]] | None = None,
+    refresh_every: int = 0,
 ) -> Crafted:
     """Minimise ``objective(poisons)`` over ||delta||_inf <= eps (and |color shift| <= color_eps).
 
     Signed Adam on delta / eps (Geiping et al. 2021): the gradient's sign feeds Adam, whose step ``lr`` is
     in units of eps, divided by 10 at 3/8, 5/8 and 7/8 of ``steps``; each restart starts from a uniform
-    draw in the ball and the restart with the lowest last loss wins. All poisons move together.
+    draw in the ball and the restart with the lowest last loss wins. All poisons move together. With
+    ``refresh``, every ``refresh_every`` steps the objective is rebuilt from the current poisons (surrogates
+    retrained on the poisoned set, as Sleeper Agent does); each restart starts from the first objective.
     """
+    first_objective = objective
     best: Crafted | None = None
     best_loss = float("inf")
     restart_losses = []
     for _ in range(restarts):
+        objective = first_objective
         unit = (torch.rand(base.shape, generator=generator, device="cpu") * 2 - 1).to(base)
         unit.requires_grad_(True)
         params = [unit]
@@ -116,8 +124,11 @@ def craft_perturbations(
         marks = sorted({max(1, int(steps * f)) for f in (3 / 8, 5 / 8, 7 / 8)})
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, marks, gamma=0.1)
         losses = []
-        for _step in range(steps):
-            x = apply_perturbation(base, eps * unit, color_eps * color if color is not None else None)
+        for step in range(steps):
+            shift = color_eps * color if color is not None else None
+            if refresh is not None and refresh_every and step and step % refresh_every == 0:
+                objective = refresh(apply_perturbation(base, eps * unit, shift).detach())
+            x = apply_perturbation(base, eps * unit, shift)
             if augment:
                 x = augment_batch(x, generator, hflip)
             loss = objective(x)
@@ -155,6 +166,9 @@ class TargetedAttack(SurrogateAttack):
         None, gt=0, le=1, description="poisons as a share of the training set (1% if no count either)"
     )
     count: int | None = Field(None, ge=1, description="number of poisons (instead of a fraction)")
+    adversarial_choice: Literal["random", "runner_up"] = Field(
+        "random", description="adversarial class if unset: a random other class, or the surrogates' runner-up"
+    )
     ensemble: int = Field(1, ge=1, description="surrogates trained for staggered epochs (without victim)")
 
     default_fraction: ClassVar[float] = 0.01
@@ -169,8 +183,25 @@ class TargetedAttack(SurrogateAttack):
         return self
 
     # -- the target and the poisons -------------------------------------------------------------------
-    def choose_target(self, test: Dataset | None, num_classes: int, generator: torch.Generator):
-        """(x_t of shape (1, C, H, W), y_t, y_adv) drawn from ``test`` as documented in the module."""
+    def setup(self, train: Dataset, test: Dataset | None, victim: nn.Module | None, generator):
+        """(x_t, y_t, y_adv, poison indices, surrogates) of one trial, as documented in the module."""
+        if self.adversarial_choice == "runner_up" and self.adversarial_class is None:
+            x_t, y_t, _ = self.choose_target(test, train.num_classes, generator, draw_adversarial=False)
+            models = self.surrogates(train, victim, generator)
+            with torch.no_grad():
+                device = next(models[0].parameters()).device
+                probs = torch.stack([m(x_t.to(device)).softmax(1)[0] for m in models]).mean(0)
+            probs[y_t] = -1
+            y_adv = int(probs.argmax())
+            return x_t, y_t, y_adv, self.choose_poisons(train, y_adv, generator), models
+        x_t, y_t, y_adv = self.choose_target(test, train.num_classes, generator)
+        idx = self.choose_poisons(train, y_adv, generator)
+        return x_t, y_t, y_adv, idx, self.surrogates(train, victim, generator)
+
+    def choose_target(
+        self, test: Dataset | None, num_classes: int, generator: torch.Generator, draw_adversarial=True
+    ):
+        """(x_t of shape (1, C, H, W), y_t, y_adv) drawn from ``test`` (y_adv None unless drawn)."""
         if test is None or len(test) == 0:
             raise ConfigError(f"{self.name}: a targeted attack needs test data to draw its target from")
         for cls in (self.target_class, self.adversarial_class):
@@ -191,6 +222,8 @@ class TargetedAttack(SurrogateAttack):
                 raise ConfigError(f"{self.name}: no test row of class {self.target_class} to target")
             index = int(rows[torch.randint(len(rows), (1,), generator=generator)])
         y_t = int(test.y[index])
+        if not draw_adversarial:
+            return test.x[index : index + 1], y_t, None
         if self.adversarial_class is not None:
             y_adv = self.adversarial_class
         else:
@@ -272,22 +305,35 @@ class PerturbationAttack(TargetedAttack):
     hflip: bool = Field(True, description="flip when augmenting (turn off for digits)")
     color_eps: float = Field(0.0, ge=0, le=1, description="bound of the smooth color shift (0: none)")
     opacity: float = Field(0.0, ge=0, lt=1, description="watermark: base <- (1-o) base + o target (0: none)")
+    retrain_every: int = Field(
+        0,
+        ge=0,
+        description="retrain the surrogates on the poisoned set every k steps (no victim; 0: never)",
+    )
 
     def objective(self, models, x_t, y_adv: int, base, labels, train, generator):
         """A function of the poisoned batch to minimise (built once per craft)."""
         raise NotImplementedError
 
     def craft(self, train, *, generator, victim=None, test=None):
-        x_t, y_t, y_adv = self.choose_target(test, train.num_classes, generator)
-        idx = self.choose_poisons(train, y_adv, generator)
-        models = self.surrogates(train, victim, generator)
+        x_t, y_t, y_adv, idx, models = self.setup(train, test, victim, generator)
         device = next(models[0].parameters()).device  # craft where the surrogate lives (CPU or CUDA)
         x_t, base = x_t.to(device), train.x[idx].to(device)
         base = watermark(base, x_t, self.opacity) if self.opacity else base
-        objective = self.objective(models, x_t, y_adv, base, train.y[idx].to(device), train, generator)
+        labels = train.y[idx].to(device)
+        objective = self.objective(models, x_t, y_adv, base, labels, train, generator)
+
+        def refresh(poisons: torch.Tensor):
+            x = train.x.clone()
+            x[idx] = poisons.to(x.device, x.dtype)
+            poisoned = Dataset._trusted(x, train.y, train.classes, train.name)
+            surrogates = self.surrogates(poisoned, None, generator)
+            return self.objective(surrogates, x_t, y_adv, base, labels, poisoned, generator)
+
         result = craft_perturbations(
             base, objective, eps=self.eps, steps=self.steps, lr=self.lr, generator=generator,
             restarts=self.restarts, color_eps=self.color_eps, augment=self.augment, hflip=self.hflip,
+            refresh=refresh if victim is None else None, refresh_every=self.retrain_every,
         )  # fmt: skip
         poisons = apply_perturbation(base, result.delta, result.color)
         assert_budget(poisons, base, self.eps, self.color_eps)
