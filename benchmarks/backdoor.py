@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import add_data_root
 
 from poisonlab.attacks import BadNets, Blend, SleeperAgent
 from poisonlab.data import load_cifar10, load_mnist, stratified_subset
@@ -242,9 +243,7 @@ def run_sleeper(train_set, test_set, args, md):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--data-root", default=os.environ.get("POISONLAB_DATA", str(HERE.parent.parent / "shared/data"))
-    )
+    add_data_root(parser)
     parser.add_argument("--mnist-train", type=int, default=10000)
     parser.add_argument("--mnist-test", type=int, default=2000)
     parser.add_argument("--mnist-epochs", type=int, default=4)

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import add_data_root, art_classifier
 from sklearn.metrics import roc_auc_score
 from threadpoolctl import threadpool_limits
 from torch import nn
@@ -76,19 +77,6 @@ class FeaturesLast(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))
-
-
-def art_classifier(module: nn.Module, input_shape, num_classes: int):
-    from art.estimators.classification import PyTorchClassifier
-
-    return PyTorchClassifier(
-        model=module,
-        loss=nn.CrossEntropyLoss(),
-        input_shape=tuple(input_shape),
-        nb_classes=num_classes,
-        clip_values=(0.0, 1.0),
-        device_type="cpu",
-    )
 
 
 def flag_metrics(flags: np.ndarray, is_poison: np.ndarray) -> dict[str, float]:
@@ -144,9 +132,7 @@ def alternate(pairs: dict[str, tuple], repeats: int, errors: dict[str, str]) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--data-root", default=os.environ.get("POISONLAB_DATA", str(HERE.parent.parent / "shared/data"))
-    )
+    add_data_root(parser)
     parser.add_argument("--train", type=int, default=6000)
     parser.add_argument("--test", type=int, default=1000, help="half defender, half measurement (STRIP)")
     parser.add_argument("--epochs", type=int, default=4)

@@ -33,6 +33,7 @@ from datetime import date
 from pathlib import Path
 
 import torch
+from _common import add_data_root
 
 from poisonlab.experiment import ExperimentConfig, run_experiment
 
@@ -53,6 +54,10 @@ HEAD = {"epochs": 20, "lr": 0.05, "weight_decay": 0.0}  # transfer: the last lay
 ATTACKS = {
     "feature_collision": {"name": "feature_collision", "steps": 300},
     "gradient_matching": {"name": "gradient_matching", "eps": 16 / 255, "steps": 120, "restarts": 2},
+    "gradient_matching_runner_up": {
+        "name": "gradient_matching", "eps": 16 / 255, "steps": 120, "restarts": 2,
+        "adversarial_choice": "runner_up", "retrain_every": 30,
+    },
     "first_order": {"name": "first_order", "steps": 100},
     "metapoison": {"name": "metapoison", "steps": 60, "ensemble": 2},
 }
@@ -62,7 +67,7 @@ SETTINGS = ("transfer", "from_scratch")
 def config_for(dataset: str, setting: str, attack: str, targets: int) -> ExperimentConfig:
     ds = DATASETS[dataset]
     spec = {**ATTACKS[attack], "id": "a", "fraction": 0.01, "train": ds["train"]}
-    if attack in ("gradient_matching", "first_order", "metapoison"):
+    if spec["name"] in ("gradient_matching", "first_order", "metapoison"):
         spec["hflip"] = ds["hflip"]
     return ExperimentConfig.model_validate({
         "name": f"{dataset}-{setting}-{attack}", "seed": 0, "trials": targets, "model": "cnn",
@@ -77,7 +82,7 @@ def write(rows, args, path: Path) -> str:
         "",
         f"Date: {date.today().isoformat()}. Machine: {platform.machine()}, {os.cpu_count()} cores (shared "
         f"with other jobs), torch {torch.__version__}, 1 thread. Command: `python benchmarks/clean_label.py "
-        f"--targets {args.targets}`.",
+        f"{' '.join(sys.argv[1:])}`.",
         "",
         "Settings: model `cnn` (victim, surrogates and extractor); MNIST: 3,000-image stratified training "
         "subset, 1,000 test images, 5 epochs SGD lr 0.05; CIFAR-10 subset: 4,000 training / 1,000 test "
@@ -89,7 +94,9 @@ def write(rows, args, path: Path) -> str:
         "labels untouched. Feature collision: watermark 0.3, beta0 0.25, 300 steps, no L_inf bound. Gradient "
         "matching: eps 16/255, 120 signed-Adam steps, 2 restarts, augmentation while crafting. First-order: "
         "eps 8/255, watermark 0.1, color eps 0.02, alpha 0.1, 100 steps. MetaPoison: eps 8/255, color eps "
-        "0.04, K = 2 unrolled steps, 60 steps. One random target per trial (random test image, random other "
+        "0.04, K = 2 unrolled steps, 60 steps. gradient_matching_runner_up: the same, with the adversarial "
+        "class the surrogate's runner-up for the target and (from scratch) the surrogate retrained on the "
+        "current poisons every 30 steps. One random target per trial (random test image, random other "
         "class).",
         "",
         "Columns: success = target classified as the adversarial label by the victim (mean +- binomial SE "
@@ -219,12 +226,10 @@ def gm_sweep(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--data-root", default=os.environ.get("POISONLAB_DATA", str(HERE.parent.parent / "shared/data"))
-    )
+    add_data_root(parser)
     parser.add_argument("--datasets", default="mnist,cifar10")
     parser.add_argument("--settings", default=",".join(SETTINGS))
-    parser.add_argument("--attacks", default=",".join(ATTACKS))
+    parser.add_argument("--attacks", default="feature_collision,gradient_matching,first_order,metapoison")
     parser.add_argument("--targets", type=int, default=4, help="targets (trials) per cell")
     parser.add_argument("--out", default=str(HERE / "results" / "clean_label.md"))
     parser.add_argument("--beta-sweep", action="store_true", help="feature collision's beta trade-off")

@@ -38,8 +38,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import add_data_root, art_classifier
 from threadpoolctl import threadpool_limits
-from torch import nn
 
 from poisonlab.attacks.feature_collision import FeatureCollision
 from poisonlab.attacks.gradient_matching import GradientMatching
@@ -95,19 +95,6 @@ def timed(fn):
         t0 = time.perf_counter()
         out = fn()
         return out, time.perf_counter() - t0
-
-
-def art_classifier(module: nn.Module, input_shape, num_classes: int):
-    from art.estimators.classification import PyTorchClassifier
-
-    return PyTorchClassifier(
-        model=module,
-        loss=nn.CrossEntropyLoss(),
-        input_shape=tuple(input_shape),
-        nb_classes=num_classes,
-        clip_values=(0.0, 1.0),
-        device_type="cpu",
-    )
 
 
 def with_rows(data: Dataset, idx: torch.Tensor, rows: np.ndarray) -> Dataset:
@@ -425,9 +412,7 @@ def summary_row(name: str, rows: list[dict], side: str, ours_med: float) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--data-root", default=os.environ.get("POISONLAB_DATA", str(HERE.parent.parent / "shared/data"))
-    )
+    add_data_root(parser)
     parser.add_argument("--fc-train", type=int, default=2000)
     parser.add_argument("--fc-test", type=int, default=1000)
     parser.add_argument("--fc-targets", type=int, default=5)

@@ -22,6 +22,7 @@ from datetime import date
 from pathlib import Path
 
 import torch
+from _common import add_data_root
 
 from poisonlab.attacks import FirstOrder, MetaPoison
 from poisonlab.data import load_dataset, stratified_subset
@@ -54,9 +55,7 @@ def step_time(attack, model, train_set, test_set, count: int, repeats: int) -> l
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--data-root", default=os.environ.get("POISONLAB_DATA", str(HERE.parent.parent / "shared/data"))
-    )
+    add_data_root(parser)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--out", default=str(HERE / "results" / "first_order_vs_metapoison.md"))

@@ -21,6 +21,7 @@ from datetime import date
 from pathlib import Path
 
 import torch
+from _common import add_data_root
 
 from poisonlab.attacks import RandomLabelFlip
 from poisonlab.attacks.gradient_canceling import (
@@ -234,9 +235,7 @@ def render(results: dict, args, seconds: float) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--data-root", default=os.environ.get("POISONLAB_DATA", str(HERE.parent.parent / "shared/data"))
-    )
+    add_data_root(parser)
     parser.add_argument("--models", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier when shared)")
     parser.add_argument("--out", default=str(HERE / "results" / "indiscriminate.md"))

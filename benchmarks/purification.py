@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import add_data_root
 
 from poisonlab.data import load_mnist, stratified_subset
 from poisonlab.detection import KNNK, SimulatedDetector
@@ -80,7 +81,7 @@ def splice(base, rows_x, reference):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data-root", default=os.environ.get("POISONLAB_DATA", "../shared/data"))
+    add_data_root(ap)
     ap.add_argument("--attack", choices=("badnets", "gradient_matching"), default="badnets")
     ap.add_argument("--poison", type=float, default=0.03, help="poisoned share of the training set")
     ap.add_argument("--train", type=int, default=3000)

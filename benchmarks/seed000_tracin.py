@@ -26,6 +26,7 @@ from datetime import date
 from pathlib import Path
 
 import torch
+from _common import add_data_root
 
 from poisonlab.experiment import load_config, run_experiment
 
@@ -52,9 +53,7 @@ DETECTORS = [("algorithm1", "Alg. 1 (+)"), ("opponents", "opponents (-)"), ("abs
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--data-root", default=os.environ.get("POISONLAB_DATA", str(HERE.parent.parent / "shared/data"))
-    )
+    add_data_root(parser)
     parser.add_argument("--train-size", type=int, default=None, help="override the config's training subset")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--attacks", default=",".join(ATTACKS), help="comma-separated subset of the rows")

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import add_data_root
 
 HERE = Path(__file__).resolve().parent
 LRS = [0.1, 0.05, 0.01]
@@ -117,9 +118,7 @@ def make_checkpoints(data_root: str, work: Path, models: list[str]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--data-root", default=os.environ.get("POISONLAB_DATA", str(HERE.parent.parent / "shared/data"))
-    )
+    add_data_root(parser)
     parser.add_argument("--sizes", default="500,2000,10000,60000")
     parser.add_argument("--tests", default="100,1000")
     parser.add_argument("--models", default="cnn,mlp")

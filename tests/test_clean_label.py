@@ -63,7 +63,7 @@ def test_feature_collision_transfer_succeeds_on_most_targets(mnist):
 def test_gradient_matching_lowers_its_loss_and_fools_from_scratch_victims_more_often(digits_split):
     """Digits, cnn from scratch, 5% poisons at eps 64/255, the surrogate's runner-up class, the surrogate
     retrained on the poisons every 30 steps: the victims misclassify a target where clean training never
-    does, and give the adversarial class far more probability (benchmarks/results/clean_label.md)."""
+    does, and give the adversarial class far more probability (benchmarks/results/gradient_matching_digits.md)."""
     train_set, test_set = digits_split
     ratios, hits, clean_hits = [], 0, 0
     for seed in range(4):

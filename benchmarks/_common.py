@@ -1,0 +1,34 @@
+"""Helpers shared by the benchmark scripts (each runs as ``python benchmarks/NAME.py``)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from torch import nn
+
+HERE = Path(__file__).resolve().parent
+
+
+def add_data_root(parser: argparse.ArgumentParser) -> None:
+    """``--data-root``: $POISONLAB_DATA, else the shared data folder beside the checkout."""
+    parser.add_argument(
+        "--data-root",
+        default=os.environ.get("POISONLAB_DATA", str(HERE.parent.parent / "shared/data")),
+        help="folder with MNIST/ and the CIFAR-10 batches (default: $POISONLAB_DATA)",
+    )
+
+
+def art_classifier(module: nn.Module, input_shape, num_classes: int):
+    """Wrap a torch model for IBM's Adversarial Robustness Toolbox (CPU, inputs in [0, 1])."""
+    from art.estimators.classification import PyTorchClassifier
+
+    return PyTorchClassifier(
+        model=module,
+        loss=nn.CrossEntropyLoss(),
+        input_shape=tuple(input_shape),
+        nb_classes=num_classes,
+        clip_values=(0.0, 1.0),
+        device_type="cpu",
+    )
