@@ -16,7 +16,7 @@ from poisonlab.data import load_dataset, stratified_subset
 from poisonlab.errors import ConfigError
 from poisonlab.experiment import ExperimentConfig, report_figures, run_experiment
 from poisonlab.models import build_model
-from poisonlab.training import TrainConfig, accuracy, train, train_head
+from poisonlab.training import TrainConfig, accuracy, predict, train, train_head
 
 FAST = TrainConfig(epochs=10, lr=0.05, batch_size=32)
 
@@ -63,7 +63,8 @@ def test_feature_collision_transfer_succeeds_on_most_targets(mnist):
 def test_gradient_matching_lowers_its_loss_and_fools_from_scratch_victims_more_often(digits_split):
     """Digits, cnn from scratch, 5% poisons at eps 64/255, the surrogate's runner-up class, the surrogate
     retrained on the poisons every 30 steps: the victims misclassify a target where clean training never
-    does, and give the adversarial class far more probability (benchmarks/results/gradient_matching_digits.md)."""
+    does, and give the adversarial class far more probability
+    (benchmarks/results/gradient_matching_digits.md)."""
     train_set, test_set = digits_split
     ratios, hits, clean_hits = [], 0, 0
     for seed in range(4):
@@ -86,6 +87,19 @@ def test_gradient_matching_lowers_its_loss_and_fools_from_scratch_victims_more_o
         ratios.append(math.log10(on_victim["adversarial_probability"] / on_clean["adversarial_probability"]))
     assert hits > clean_hits, (hits, clean_hits, ratios)
     assert min(ratios) > 0 and sum(ratios) / len(ratios) > 1, ratios
+
+
+def test_runner_up_is_the_surrogates_most_likely_wrong_class(digits_split, digits_model):
+    train_set, test_set = digits_split
+    attack = GradientMatching(count=5, steps=2, augment=False, adversarial_choice="runner_up")
+    for seed in range(3):
+        poisoned = attack.craft(train_set, generator=torch.Generator().manual_seed(seed), victim=digits_model,
+                                test=test_set)  # fmt: skip
+        goal = poisoned.goals[0]
+        probs = predict(digits_model, goal.target_x).softmax(1)[0]
+        probs[int(goal.target_y[0])] = -1
+        assert goal.adversarial_label == int(probs.argmax())
+        assert (train_set.y[poisoned.poison_idx] == goal.adversarial_label).all()
 
 
 def _one_step_adversarial_probability(model, poisons, labels, x_t, y_adv, lr=0.05):
