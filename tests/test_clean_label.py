@@ -61,15 +61,15 @@ def test_feature_collision_transfer_succeeds_on_most_targets(mnist):
 
 
 def test_gradient_matching_lowers_its_loss_and_fools_from_scratch_victims_more_often(digits_split):
-    """Digits, cnn from scratch, 5% poisons at eps 64/255, the surrogate's runner-up class, the surrogate
-    retrained on the poisons every 30 steps: the victims misclassify a target where clean training never
-    does, and give the adversarial class far more probability
-    (benchmarks/results/gradient_matching_digits.md)."""
+    """Digits, cnn from scratch, 120 poisons at eps 128/255 toward the surrogate's runner-up class, the
+    surrogate retrained on the poisons every 30 steps: victims misclassify targets that clean training never
+    does (2 of these 3; 2 of 6 in benchmarks/results/gradient_matching_digits.md, 0 at smaller budgets) and
+    give the adversarial class far more probability."""
     train_set, test_set = digits_split
     ratios, hits, clean_hits = [], 0, 0
-    for seed in range(4):
+    for seed in range(3):
         attack = GradientMatching(
-            fraction=0.05, eps=64 / 255, steps=120, restarts=1, augment=False, train=FAST,
+            count=120, eps=128 / 255, steps=120, restarts=1, augment=False, train=FAST,
             adversarial_choice="runner_up", retrain_every=30,
         )  # fmt: skip
         poisoned = attack.craft(train_set, generator=torch.Generator().manual_seed(seed), test=test_set)
@@ -77,7 +77,7 @@ def test_gradient_matching_lowers_its_loss_and_fools_from_scratch_victims_more_o
         loss = goal.params["loss"]
         assert loss["last"] < 0.8 * loss["first"]
         delta = poisoned.data.x[poisoned.poison_idx] - poisoned.original.x
-        assert delta.abs().max() <= 64 / 255 + 1e-6 and (poisoned.data.y == train_set.y).all()
+        assert delta.abs().max() <= 128 / 255 + 1e-6 and (poisoned.data.y == train_set.y).all()
         victim = train(build_model("cnn", (1, 8, 8), 10, seed=50 + seed), poisoned.data, FAST, seed=50 + seed)
         clean = train(build_model("cnn", (1, 8, 8), 10, seed=50 + seed), train_set, FAST, seed=50 + seed)
         on_victim = attack.evaluate(victim.model, test_set, goal)
@@ -86,7 +86,7 @@ def test_gradient_matching_lowers_its_loss_and_fools_from_scratch_victims_more_o
         clean_hits += on_clean["success"]
         ratios.append(math.log10(on_victim["adversarial_probability"] / on_clean["adversarial_probability"]))
     assert hits > clean_hits, (hits, clean_hits, ratios)
-    assert min(ratios) > 0 and sum(ratios) / len(ratios) > 1, ratios
+    assert min(ratios) > 0 and sum(ratios) / len(ratios) > 2, ratios
 
 
 def test_runner_up_is_the_surrogates_most_likely_wrong_class(digits_split, digits_model):
@@ -97,6 +97,7 @@ def test_runner_up_is_the_surrogates_most_likely_wrong_class(digits_split, digit
                                 test=test_set)  # fmt: skip
         goal = poisoned.goals[0]
         probs = predict(digits_model, goal.target_x).softmax(1)[0]
+        assert int(probs.argmax()) == int(goal.target_y[0])  # a target the attacker's model gets right
         probs[int(goal.target_y[0])] = -1
         assert goal.adversarial_label == int(probs.argmax())
         assert (train_set.y[poisoned.poison_idx] == goal.adversarial_label).all()

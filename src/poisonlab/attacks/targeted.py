@@ -11,8 +11,10 @@ optional differentiable augmentation (random crop + flip of the poisoned batch).
 
 Target choice (a documented choice; the papers pick at random too): a uniformly drawn test row of
 ``target_class`` (any class when unset), and ``adversarial_class`` or a uniformly drawn other class; with
-``adversarial_choice: runner_up`` the attacker instead takes the class its surrogates rank second for the
-target (their mean softmax), the easiest class to push the target into.
+``adversarial_choice: runner_up`` the attacker draws the target among the test rows its surrogates classify
+correctly and takes the class they rank second for it (their mean softmax): the easiest class to push a
+correctly classified target into (without the restriction, a misclassified target's "runner-up" is often
+the class it already gets, and success would be free).
 Poisons: uniformly drawn training rows of the adversarial class (Witches' Brew, MetaPoison, Poison Frogs'
 bases). One target per trial: success over trials is the success rate over targets.
 
@@ -186,44 +188,50 @@ class TargetedAttack(SurrogateAttack):
     def setup(self, train: Dataset, test: Dataset | None, victim: nn.Module | None, generator):
         """(x_t, y_t, y_adv, poison indices, surrogates) of one trial, as documented in the module."""
         if self.adversarial_choice == "runner_up" and self.adversarial_class is None:
-            x_t, y_t, _ = self.choose_target(test, train.num_classes, generator, draw_adversarial=False)
+            self._check_classes(test, train.num_classes)
             models = self.surrogates(train, victim, generator)
-            with torch.no_grad():
-                device = next(models[0].parameters()).device
-                probs = torch.stack([m(x_t.to(device)).softmax(1)[0] for m in models]).mean(0)
-            probs[y_t] = -1
-            y_adv = int(probs.argmax())
+            probs = torch.stack([predict(m, test.x).softmax(1) for m in models]).mean(0)
+            index = self.target_row(test, generator, allowed=probs.argmax(1) == test.y)
+            y_t = int(test.y[index])
+            probs[index, y_t] = -1
+            y_adv = int(probs[index].argmax())
+            x_t = test.x[index : index + 1]
             return x_t, y_t, y_adv, self.choose_poisons(train, y_adv, generator), models
         x_t, y_t, y_adv = self.choose_target(test, train.num_classes, generator)
         idx = self.choose_poisons(train, y_adv, generator)
         return x_t, y_t, y_adv, idx, self.surrogates(train, victim, generator)
 
-    def choose_target(
-        self, test: Dataset | None, num_classes: int, generator: torch.Generator, draw_adversarial=True
-    ):
-        """(x_t of shape (1, C, H, W), y_t, y_adv) drawn from ``test`` (y_adv None unless drawn)."""
+    def _check_classes(self, test: Dataset | None, num_classes: int) -> None:
         if test is None or len(test) == 0:
             raise ConfigError(f"{self.name}: a targeted attack needs test data to draw its target from")
         for cls in (self.target_class, self.adversarial_class):
             if cls is not None and cls >= num_classes:
                 raise ConfigError(f"{self.name}: class {cls} is not among the {num_classes} classes")
+
+    def target_row(
+        self, test: Dataset, generator: torch.Generator, allowed: torch.Tensor | None = None
+    ) -> int:
+        """``target_index``, or a uniformly drawn row of ``target_class`` (and of ``allowed``, a mask)."""
         if self.target_index is not None:
             if self.target_index >= len(test):
                 raise ConfigError(f"{self.name}: target_index {self.target_index} >= {len(test)} test rows")
-            index = self.target_index
-        else:
-            ok = torch.ones(len(test), dtype=torch.bool)
-            if self.target_class is not None:
-                ok &= test.y == self.target_class
-            if self.adversarial_class is not None:
-                ok &= test.y != self.adversarial_class
-            rows = ok.nonzero().flatten()
-            if len(rows) == 0:
-                raise ConfigError(f"{self.name}: no test row of class {self.target_class} to target")
-            index = int(rows[torch.randint(len(rows), (1,), generator=generator)])
+            return self.target_index
+        ok = torch.ones(len(test), dtype=torch.bool) if allowed is None else allowed.cpu().clone()
+        if self.target_class is not None:
+            ok &= test.y == self.target_class
+        if self.adversarial_class is not None:
+            ok &= test.y != self.adversarial_class
+        rows = ok.nonzero().flatten()
+        if len(rows) == 0:
+            what = "" if allowed is None else " that the surrogate classifies correctly"
+            raise ConfigError(f"{self.name}: no test row of class {self.target_class}{what} to target")
+        return int(rows[torch.randint(len(rows), (1,), generator=generator)])
+
+    def choose_target(self, test: Dataset | None, num_classes: int, generator: torch.Generator):
+        """(x_t of shape (1, C, H, W), y_t, y_adv) drawn from ``test`` as documented in the module."""
+        self._check_classes(test, num_classes)
+        index = self.target_row(test, generator)
         y_t = int(test.y[index])
-        if not draw_adversarial:
-            return test.x[index : index + 1], y_t, None
         if self.adversarial_class is not None:
             y_adv = self.adversarial_class
         else:
