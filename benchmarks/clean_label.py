@@ -202,7 +202,8 @@ def gm_sweep(args) -> None:
         f"--gm-sweep --targets {args.targets}`. Bundled digits (1,347 training / 450 test rows, 8x8), model "
         "`cnn` for surrogate and victim, 10 epochs SGD lr 0.05 batch 32, the victim from random weights "
         "(another seed than the surrogate's); 120 signed-Adam steps, 1 restart, no augmentation; one random "
-        "target per trial. Runner-up class: the class the attacker's surrogate ranks second for the target; "
+        "target per trial. Runner-up class: the target is a test image the attacker's surrogate classifies "
+        "correctly, the class the surrogate ranks second for it; "
         "retrain: the surrogate is retrained from scratch on the current poisons every 30 steps.",
         "",
         "| variant | success | without poisons | p(adv) victim | p(adv) clean | victim acc | craft (s) |",
