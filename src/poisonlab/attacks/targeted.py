@@ -191,7 +191,7 @@ class TargetedAttack(SurrogateAttack):
             self._check_classes(test, train.num_classes)
             models = self.surrogates(train, victim, generator)
             probs = torch.stack([predict(m, test.x).softmax(1) for m in models]).mean(0)
-            index = self.target_row(test, generator, allowed=probs.argmax(1) == test.y)
+            index = self.target_row(test, generator, allowed=probs.argmax(1) == test.y.cpu())
             y_t = int(test.y[index])
             probs[index, y_t] = -1
             y_adv = int(probs[index].argmax())
