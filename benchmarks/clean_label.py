@@ -98,9 +98,9 @@ def write(rows, args, path: Path) -> str:
         "eps 8/255, watermark 0.1, color eps 0.02, alpha 0.1, 100 steps. MetaPoison: eps 8/255, color eps "
         "0.04, K = 2 unrolled steps, 60 steps. One random target per trial: a random test image and "
         + (
-            "the class the attacker's surrogates rank second for it (runner-up); from scratch, the "
-            "perturbation attacks retrain their surrogates on the current poisons every quarter of their "
-            "steps."
+            "the attacker's surrogates classify correctly, and the class they rank second for it "
+            "(runner-up); from scratch, the perturbation attacks retrain their surrogates on the current "
+            "poisons every quarter of their steps."
             if args.runner_up
             else "a random other class."
         ),
@@ -236,7 +236,7 @@ def main() -> None:
     add_data_root(parser)
     parser.add_argument("--datasets", default="mnist,cifar10")
     parser.add_argument("--settings", default=",".join(SETTINGS))
-    parser.add_argument("--attacks", default="feature_collision,gradient_matching,first_order,metapoison")
+    parser.add_argument("--attacks", default=",".join(ATTACKS))
     parser.add_argument("--targets", type=int, default=4, help="targets (trials) per cell")
     parser.add_argument("--out", default=str(HERE / "results" / "clean_label.md"))
     parser.add_argument(
