@@ -278,11 +278,7 @@ class TargetedAttack(SurrogateAttack):
         """The poisoned set, after checking the poisons lie in the image box."""
         if not (poisons.min() >= 0 and poisons.max() <= 1):
             raise AssertionError(f"{self.name}: poisons left the image box [0, 1]")
-        x = train.x.clone()
-        x[idx] = poisons.detach().to(x.device, x.dtype)
-        return PoisonedDataset.from_rows(
-            train, Dataset._trusted(x, train.y.clone(), train.classes, train.name), idx, goal
-        )
+        return PoisonedDataset.from_rows(train, with_rows(train, idx, poisons), idx, goal)
 
     def goal(self, x_t, y_t: int, y_adv: int, **info) -> AttackGoal:
         params = {**self.model_dump(mode="json"), **info}
@@ -332,9 +328,7 @@ class PerturbationAttack(TargetedAttack):
         objective = self.objective(models, x_t, y_adv, base, labels, train, generator)
 
         def refresh(poisons: torch.Tensor):
-            x = train.x.clone()
-            x[idx] = poisons.to(x.device, x.dtype)
-            poisoned = Dataset._trusted(x, train.y, train.classes, train.name)
+            poisoned = with_rows(train, idx, poisons)
             surrogates = self.surrogates(poisoned, None, generator)
             return self.objective(surrogates, x_t, y_adv, base, labels, poisoned, generator)
 
@@ -352,6 +346,13 @@ class PerturbationAttack(TargetedAttack):
             restart_losses=result.restart_losses,
         )  # fmt: skip
         return self.released(train, idx, poisons, goal)
+
+
+def with_rows(train: Dataset, idx: torch.Tensor, rows: torch.Tensor) -> Dataset:
+    """A copy of ``train`` whose rows ``idx`` hold ``rows`` (labels kept: clean label)."""
+    x = train.x.clone()
+    x[idx] = rows.detach().to(x.device, x.dtype)
+    return Dataset._trusted(x, train.y.clone(), train.classes, train.name)
 
 
 def train_model(model: nn.Module, data: Dataset, config, seed: int) -> nn.Module:
