@@ -159,7 +159,7 @@ def beta_sweep(args) -> None:
         )
         lines.append(
             f"| {label} | {100 * m['attack.a.success']:.0f} +- {100 * se['attack.a.success']:.0f}% | "
-            f"{100 * m['attack.a.clean_model_success']:.0f}% | {distance:.3f} (first target) | "
+            f"{100 * m['attack.a.twin_success']:.0f}% | {distance:.3f} (first target) | "
             f"{100 * m['victim.clean_accuracy']:.1f} |"
         )
         print(lines[-1], file=sys.stderr, flush=True)
@@ -221,8 +221,8 @@ def gm_sweep(args) -> None:
         m, se = result["metrics"], result["metrics_se"]
         lines.append(
             f"| {label} | {100 * m['attack.a.success']:.0f} +- {100 * se['attack.a.success']:.0f}% | "
-            f"{100 * m['attack.a.clean_model_success']:.0f}% | {m['attack.a.adversarial_probability']:.2g} | "
-            f"{m['attack.a.clean_model_adversarial_probability']:.2g} | "
+            f"{100 * m['attack.a.twin_success']:.0f}% | {m['attack.a.adversarial_probability']:.2g} | "
+            f"{m['attack.a.twin_adversarial_probability']:.2g} | "
             f"{100 * m['victim.clean_accuracy']:.1f} | {result['timings']['attack'] / args.targets:.1f} |"
         )
         print(lines[-1], file=sys.stderr, flush=True)
@@ -265,9 +265,9 @@ def main() -> None:
                 rows.append({
                     "dataset": dataset, "setting": setting, "attack": attack, "targets": args.targets,
                     "success": m["attack.a.success"], "se": se["attack.a.success"],
-                    "clean_success": m["attack.a.clean_model_success"],
+                    "clean_success": m["attack.a.twin_success"],
                     "p_adv": m["attack.a.adversarial_probability"],
-                    "p_adv_clean": m["attack.a.clean_model_adversarial_probability"],
+                    "p_adv_clean": m["attack.a.twin_adversarial_probability"],
                     "victim_acc": m["victim.clean_accuracy"], "clean_acc": m["clean.clean_accuracy"],
                     "craft": result["timings"]["attack"] / args.targets,
                 })  # fmt: skip

@@ -40,7 +40,8 @@ MODELS = {"cnn": {}, "resnet18": {"width": 16}}
 
 def step_time(attack, model, train_set, test_set, count: int, repeats: int) -> list[float]:
     generator = torch.Generator().manual_seed(0)
-    x_t, _, y_adv = attack.choose_target(test_set, train_set.num_classes, generator)
+    index, y_adv = attack.choose_target(test_set, train_set.num_classes, generator)
+    x_t = test_set.x[index : index + 1]
     idx = (train_set.y == y_adv).nonzero().flatten()[:count]
     base, labels = train_set.x[idx], train_set.y[idx]
     objective = attack.objective([model], x_t, y_adv, base, labels, train_set, generator)

@@ -173,7 +173,7 @@ def test_runner_transfer_setting_reports_success_with_binomial_error(digits_spli
     assert "extractor.clean_accuracy" in metrics and metrics["victim.clean_accuracy"] > 0.8
     p = metrics["attack.fc.success"]
     assert result["metrics_se"]["attack.fc.success"] == pytest.approx(math.sqrt(p * (1 - p) / 2))
-    assert "attack.fc.clean_model_success" in metrics and "detection.tracin_self.auroc" in metrics
+    assert "attack.fc.twin_success" in metrics and "detection.tracin_self.auroc" in metrics
     # the victim's checkpoints hold the frozen extractor: only the head differs between them
     run = run_experiment(config.model_copy(update={"trials": 1})).first.run
     first, last = run.checkpoints[0].state, run.checkpoints[-1].state

@@ -49,7 +49,7 @@ def results() -> dict:
             "victim.clean_accuracy": 0.951234,
             "attack.success_rate": 0.5,
             "attack.n_poisoned": 20.0,
-            "clean.accuracy": 1.0,
+            "twin.clean_accuracy": 1.0,
             "detection.tracin_self.auroc": 0.987654,
             "detection.tracin_self.label_flip_targeted.auroc": 0.912345,
         },
@@ -87,8 +87,8 @@ def test_render_is_self_contained_and_complete(results, views):
         assert metric in out
     assert "0.9512" in out and "0.9877" in out and "0.9123" in out and "± 0.012" in out
     assert ">0.5000<" in out and ">1.000<" in out and ">20<" in out
-    # groups in a fixed order: victim, clean, attack, detection
-    positions = [out.index(f"<th colspan='3'>{g}</th>") for g in ("victim", "clean", "attack", "detection")]
+    # groups in a fixed order: victim, twin, attack, detection
+    positions = [out.index(f"<th colspan='3'>{g}</th>") for g in ("victim", "twin", "attack", "detection")]
     assert positions == sorted(positions)
     for heading in ("victim", "attack", "detection"):
         assert f"<th colspan='3'>{heading}</th>" in out

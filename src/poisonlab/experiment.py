@@ -13,7 +13,6 @@ the rest, against the first backdoor attack of the config: ``defense.<id>.clean_
 
 from __future__ import annotations
 
-import platform
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -25,18 +24,18 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-import poisonlab
 from poisonlab import data as datalib
 from poisonlab.attacks import Attack, BackdoorAttack
 from poisonlab.defenses import Defense
 from poisonlab.detection import Detector
 from poisonlab.detection.strip import InputDetector
 from poisonlab.errors import ConfigError
-from poisonlab.metrics import aggregate, detection_metrics, mad_threshold, standard_errors
+from poisonlab.metrics import aggregate, detection_metrics, is_oracle_metric, mad_threshold, standard_errors
 from poisonlab.models import MODELS, build_model
 from poisonlab.poison import PoisonedDataset
 from poisonlab.purification import Purifier
 from poisonlab.registry import create, format_validation_error
+from poisonlab.results import environment
 from poisonlab.training import TrainConfig, TrainRun, accuracy, train, train_head
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
@@ -52,6 +51,12 @@ class DataConfig(BaseModel):
     test_fraction: float = Field(0.25, gt=0, lt=1, description="held-out share for sets without a test split")
     train_size: int | None = Field(None, ge=2, description="stratified subset of the training set")
     test_size: int | None = Field(None, ge=1, description="stratified subset of the test set")
+    holdout_size: int | None = Field(
+        None,
+        ge=2,
+        description="clean rows held out of the training split before any subset (stratified, disjoint "
+        "from the training rows): the data of the independent model of `detect_with: holdout`",
+    )
 
 
 class ExperimentConfig(BaseModel):
@@ -75,9 +80,15 @@ class ExperimentConfig(BaseModel):
     )
     attacks: list[dict[str, Any]] = Field(default_factory=list)
     detectors: list[dict[str, Any]] = Field(default_factory=list)
-    detect_with: Literal["victim", "clean"] = Field(
+    detect_with: Literal["victim", "holdout", "weights", "oracle_clean"] = Field(
         "victim",
-        description="victim: the model trained on the released data; clean: one trained on clean data",
+        description="the model whose checkpoints and features the detectors and the reference selection "
+        "read: victim (trained on the released data), holdout (trained on data.holdout_size disjoint "
+        "clean rows), weights (detect_weights, e.g. a model of your own), or oracle_clean (trained on the "
+        "released rows restored to their originals: reads the true poison mask, an oracle)",
+    )
+    detect_weights: str | None = Field(
+        None, description="state dict of `model` (torch.save, loaded weights_only) for detect_with: weights"
     )
     baseline: bool = Field(True, description="also train a model on the clean data (accuracy drop)")
     threshold: float | Literal["mad"] = Field("mad", description="flag rows with score >= threshold")
@@ -110,8 +121,22 @@ class ExperimentConfig(BaseModel):
             raise ValueError(f"unknown model {value!r}; known: {', '.join(MODELS)}")
         return value
 
+    @field_validator("detect_with", mode="before")
+    @classmethod
+    def _renamed_clean(cls, value):
+        if value == "clean":
+            raise ValueError(
+                "'clean' is now 'oracle_clean' (a model trained on the true clean rows reads the poison "
+                "mask); an independent model is 'holdout' (with data.holdout_size) or 'weights'"
+            )
+        return value
+
     @model_validator(mode="after")
     def _methods(self):
+        if self.detect_with == "holdout" and self.data.holdout_size is None:
+            raise ValueError("detect_with: holdout needs data.holdout_size (clean rows held out for it)")
+        if (self.detect_with == "weights") != (self.detect_weights is not None):
+            raise ValueError("detect_weights goes with detect_with: weights, and only with it")
         self.build_attacks()
         self.build_detectors()
         self.build_defenses()
@@ -164,7 +189,7 @@ class ExperimentConfig(BaseModel):
         return out
 
 
-_METRIC_GROUPS = {"victim", "clean", "extractor", "attack", "detection", "defense", "purification"}
+_METRIC_GROUPS = {"victim", "twin", "extractor", "attack", "detection", "defense", "purification"}
 
 
 def _build(kind: str, specs: list[dict[str, Any]]):
@@ -211,19 +236,32 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> ExperimentC
         raise ConfigError(f"{path}: {format_validation_error(err)}") from None
 
 
-def load_splits(config: DataConfig, seed: int = 0) -> tuple[datalib.Dataset, datalib.Dataset]:
-    """(train, test) for a data config; sets without a test split are split stratified by ``seed``."""
+def load_splits(config: DataConfig, seed: int = 0):
+    """(train, test, holdout) for a data config; sets without a test split are split stratified by ``seed``;
+    ``holdout`` (None unless ``holdout_size``) is drawn from the training split before its subset, so it
+    shares no row with ``train``."""
     if config.name in ("mnist", "cifar10"):
         train_set = datalib.load_dataset(config.name, config.root, split="train")
         test_set = datalib.load_dataset(config.name, config.root, split="test")
     else:
         full = datalib.load_dataset(config.name, config.root)
         train_set, test_set = datalib.train_test_split(full, config.test_fraction, seed=seed)
+    holdout = None
+    if config.holdout_size is not None:
+        if config.holdout_size >= len(train_set) - 1:
+            raise ConfigError(
+                f"data.holdout_size {config.holdout_size} leaves too few of {len(train_set)} training rows"
+            )
+        train_set, holdout = datalib.train_test_split(
+            train_set, config.holdout_size / len(train_set), seed=seed + 1
+        )
     if config.train_size is not None:
+        if config.train_size > len(train_set):
+            raise ConfigError(f"data.train_size {config.train_size} exceeds {len(train_set)} training rows")
         train_set = datalib.stratified_subset(train_set, config.train_size, seed=seed)
     if config.test_size is not None:
         test_set = datalib.stratified_subset(test_set, config.test_size, seed=seed)
-    return train_set, test_set
+    return train_set, test_set, holdout
 
 
 @dataclass
@@ -264,15 +302,88 @@ def _apply_attacks(train_set, attacks, generator, victim=None, test=None):
     return poisoned, [ident for ident, _ in attacks]
 
 
+NET_KEYS = ("success", "success_rate")  # attack metrics also reported net of the clean twin
+
+
+def _evaluate_attacks(prefix, attacks, goals, model, test_set, twin, metrics) -> None:
+    """Each attack's metrics on ``model`` under ``prefix.<id>.``, with ``twin_<key>`` (the same target or
+    trigger on the twin trained without poisons) and, for the success keys, ``net_<key>`` (model minus twin)
+    when there is a twin."""
+    for (ident, attack), goal in zip(attacks, goals):
+        values = attack.evaluate(model, test_set, goal)
+        for key, value in values.items():
+            metrics[f"{prefix}.{ident}.{key}"] = value
+        if twin is None:
+            continue
+        base = twin.get(ident)
+        if base is None:
+            base = twin[ident] = attack.evaluate(twin["model"], test_set, goal)
+        for key, value in base.items():
+            if prefix == "attack":  # once; the purifiers' net values subtract the same numbers
+                metrics[f"{prefix}.{ident}.twin_{key}"] = value
+            if key in NET_KEYS and key in values:
+                metrics[f"{prefix}.{ident}.net_{key}"] = values[key] - value
+
+
+def without_targets(test_set, goals):
+    """The test set without the targets of targeted attacks (seed 003: accuracy excludes the target)."""
+    rows = sorted({g.target_index for g in goals if g.target_index is not None})
+    if not rows:
+        return test_set
+    keep = torch.ones(len(test_set), dtype=torch.bool)
+    keep[rows] = False
+    return test_set.subset(keep)
+
+
+def _detection_run(config, data, victim, twin, fit, holdout, seed) -> TrainRun:
+    """The model whose checkpoints and features the detectors read (``detect_with``)."""
+    if config.detect_with == "victim":
+        return victim
+    if config.detect_with == "oracle_clean":
+        return twin["run"]
+    if config.detect_with == "holdout":
+        return fit(holdout, "holdout model")
+    from poisonlab.purification.base import load_weights
+    from poisonlab.training import Checkpoint
+
+    model = build_model(config.model, data.input_shape, data.num_classes, seed=seed)
+    model = load_weights(model, config.detect_weights, "detect_weights").eval()
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return TrainRun(model, [Checkpoint(epoch=0, lr=1.0, state=state)])  # one checkpoint, unit step
+
+
+def oracle_prefixes(config: ExperimentConfig) -> dict[str, str]:
+    """Metric prefixes whose numbers read ground truth beyond scoring, with the reason for each."""
+    out: dict[str, str] = {}
+    if config.detect_with == "oracle_clean":
+        reason = "detectors read a model trained on the true clean rows (detect_with: oracle_clean)"
+        out["detection"] = reason
+        if config.purifiers and config.reference and config.reference.get("name") != "simulated":
+            out["purification"] = reason
+    reference = config.build_reference()
+    if config.purifiers and reference is not None and reference.oracle():
+        out["purification"] = reference.oracle()
+    for ident, defense in config.build_defenses():
+        if defense.oracle():
+            out[f"defense.{ident}"] = defense.oracle()
+    return out
+
+
 def run_trial(
-    config: ExperimentConfig, train_set, test_set, trial: int, *, progress: bool = False
+    config: ExperimentConfig, train_set, test_set, trial: int, *, holdout=None, progress: bool = False
 ) -> tuple[dict[str, float], dict[str, float], TrialArtifacts]:
-    """One trial: attack, train, evaluate, detect. Returns (metrics, timings, artifacts)."""
+    """One trial: attack, train the victim and its clean twin, evaluate, detect, defend, purify.
+
+    Returns (metrics, timings, artifacts). Accuracies are measured on the test set without the targets of
+    targeted attacks; attack metrics come with the twin's and the net (victim minus twin) values.
+    """
     seed = config.seed + trial
     generator = torch.Generator().manual_seed(seed)
     metrics: dict[str, float] = {}
     timings: dict[str, float] = {}
     attacks, detectors = config.build_attacks(), config.build_detectors()
+    if config.detect_with == "holdout" and holdout is None:
+        raise ConfigError("detect_with: holdout needs the held-out rows (data.holdout_size)")
 
     extractor = None
     if config.setting == "transfer":  # the clean pretrained model; only its head is retrained
@@ -283,13 +394,21 @@ def run_trial(
         for name, p in extractor.named_parameters():
             p.requires_grad_(name.startswith("head."))
         timings["train_extractor"] = time.perf_counter() - t0
-        metrics["extractor.clean_accuracy"] = accuracy(extractor, test_set)
 
     t0 = time.perf_counter()
     poisoned, goal_ids = _apply_attacks(train_set, attacks, generator, extractor, test_set)
     timings["attack"] = time.perf_counter() - t0
+    eval_set = without_targets(test_set, poisoned.goals)
+    if extractor is not None:
+        metrics["extractor.clean_accuracy"] = accuracy(extractor, eval_set)
     metrics["attack.poison_count"] = float(len(poisoned.poison_idx))
     metrics["attack.poison_fraction"] = len(poisoned.poison_idx) / len(train_set)
+    for gi, ident in enumerate(goal_ids):
+        metrics[f"attack.{ident}.poison_count"] = float(poisoned.mask_of(gi).sum())
+        linf, l2 = poisoned.perturbation(gi)
+        if len(linf):  # measured from the clean originals
+            metrics[f"attack.{ident}.perturbation_linf"] = float(linf.max())
+            metrics[f"attack.{ident}.perturbation_l2"] = float(l2.mean())
 
     def fit(data, desc):
         if extractor is not None:
@@ -303,24 +422,21 @@ def run_trial(
     t0 = time.perf_counter()
     victim = fit(poisoned.data, f"trial {trial + 1}: victim")
     timings["train_victim"] = time.perf_counter() - t0
-    metrics["victim.clean_accuracy"] = accuracy(victim.model, test_set)
+    metrics["victim.clean_accuracy"] = accuracy(victim.model, eval_set)
     metrics["victim.train_accuracy_released"] = accuracy(victim.model, poisoned.data)
-    clean = None
-    if config.baseline or config.detect_with == "clean":
+    twin = None  # the victim's twin: trained identically on the clean rows, for net effects
+    if config.baseline or config.detect_with == "oracle_clean":
         t0 = time.perf_counter()
-        clean = fit(poisoned.clean_data(), f"trial {trial + 1}: clean")
-        timings["train_clean"] = time.perf_counter() - t0
-        metrics["clean.clean_accuracy"] = accuracy(clean.model, test_set)
-        metrics["attack.accuracy_drop"] = metrics["clean.clean_accuracy"] - metrics["victim.clean_accuracy"]
-    for gi, ((ident, attack), goal) in enumerate(zip(attacks, poisoned.goals)):
-        metrics[f"attack.{ident}.poison_count"] = float(poisoned.mask_of(gi).sum())
-        for key, value in attack.evaluate(victim.model, test_set, goal).items():
-            metrics[f"attack.{ident}.{key}"] = value
-        if clean is not None:
-            for key, value in attack.evaluate(clean.model, test_set, goal).items():
-                metrics[f"attack.{ident}.clean_model_{key}"] = value
+        run = fit(poisoned.clean_data(), f"trial {trial + 1}: twin without poisons")
+        twin = {"run": run, "model": run.model}
+        timings["train_twin"] = time.perf_counter() - t0
+        metrics["twin.clean_accuracy"] = accuracy(run.model, eval_set)
+        metrics["attack.accuracy_drop"] = metrics["twin.clean_accuracy"] - metrics["victim.clean_accuracy"]
+    _evaluate_attacks("attack", attacks, poisoned.goals, victim.model, test_set, twin, metrics)
 
-    run = clean if config.detect_with == "clean" else victim
+    t0 = time.perf_counter()
+    run = _detection_run(config, poisoned.data, victim, twin, fit, holdout, seed)
+    timings["detection_model"] = time.perf_counter() - t0
     artifacts = TrialArtifacts(poisoned, goal_ids, run)
     is_poison = poisoned.is_poisoned.numpy()
     for ident, detector in detectors:
@@ -339,14 +455,15 @@ def run_trial(
         if len(poisoned.goals) > 1:  # each attack's poisons against the clean rows
             for gi, gid in enumerate(goal_ids):
                 keep = ~is_poison | poisoned.mask_of(gi).numpy()
-                for key in ("auroc", "recall", "recall_at_budget"):
-                    value = detection_metrics(scores[keep], is_poison[keep], thr).get(key)
-                    if value is not None:
-                        metrics[f"detection.{ident}.{gid}.{key}"] = value
+                per_attack = detection_metrics(scores[keep], is_poison[keep], thr)
+                for key in ("auroc", "recall", "recall_at_1pct", "recall_at_5pct", "recall_at_budget"):
+                    if key in per_attack:
+                        metrics[f"detection.{ident}.{gid}.{key}"] = per_attack[key]
     _backdoor_examples(artifacts, attacks, test_set)
     _targeted_examples(artifacts, attacks)
-    _defend(config, victim, attacks, poisoned, test_set, seed, metrics, timings, artifacts)
-    _purify(config, fit, victim, run, attacks, poisoned, test_set, generator, metrics, timings, artifacts)
+    _defend(config, victim, twin, attacks, poisoned, eval_set, seed, metrics, timings, artifacts)
+    _purify(config, fit, victim, run, twin, attacks, poisoned, eval_set, test_set, generator, metrics,
+            timings, artifacts)  # fmt: skip
     return metrics, timings, artifacts
 
 
@@ -401,8 +518,11 @@ def _backdoor_examples(artifacts: TrialArtifacts, attacks, test_set, count: int 
         }
 
 
-def _defend(config, victim, attacks, poisoned, test_set, seed, metrics, timings, artifacts) -> None:
-    """Input detectors and model defenses on the victim, with a seeded defender's share of the test set."""
+def _defend(config, victim, twin, attacks, poisoned, test_set, seed, metrics, timings, artifacts) -> None:
+    """Input detectors and model defenses on the victim, with a seeded defender's share of the test set.
+
+    ``defense.<id>.net_attack_success`` is the repaired model's success minus the twin's on the same rows.
+    """
     defenses, input_detectors = config.build_defenses(), config.build_input_detectors()
     if not defenses and not input_detectors:
         return
@@ -434,6 +554,10 @@ def _defend(config, victim, attacks, poisoned, test_set, seed, metrics, timings,
             if attack is not None:
                 success = attack.evaluate(model, held, goal).get("success_rate", float("nan"))
                 metrics[f"{prefix}.attack_success{when}"] = success
+        if attack is not None and twin is not None:
+            on_twin = attack.evaluate(twin["model"], held, goal).get("success_rate", float("nan"))
+            metrics[f"{prefix}.twin_attack_success"] = on_twin
+            metrics[f"{prefix}.net_attack_success"] = metrics[f"{prefix}.attack_success"] - on_twin
         kept = repair.steps[repair.info.get("kept_step", len(repair.steps) - 1)] if repair.steps else {}
         if "pruned_fraction" in kept:
             metrics[f"{prefix}.pruned_fraction"] = kept["pruned_fraction"]
@@ -443,7 +567,10 @@ def _defend(config, victim, attacks, poisoned, test_set, seed, metrics, timings,
                                      "target_success": getattr(defense, "target_success", None)}  # fmt: skip
 
 
-def _purify(config, fit, victim, run, attacks, poisoned, test_set, generator, metrics, timings, artifacts):
+def _purify(
+    config, fit, victim, run, twin, attacks, poisoned, eval_set, test_set, generator, metrics, timings,
+    artifacts,
+):
     """Seed 003: select a reference set, purify the rest with each purifier, retrain, measure.
 
     The reference detector reads ``run``'s features (k-NN detectors) or, for the simulated oracle, the true
@@ -481,11 +608,9 @@ def _purify(config, fit, victim, run, attacks, poisoned, test_set, generator, me
         t0 = time.perf_counter()
         model = fit(out.data, f"purified: {ident}").model
         timings[f"purify.{ident}.retrain"] = time.perf_counter() - t0
-        metrics[f"purification.{ident}.clean_accuracy"] = accuracy(model, test_set)
+        metrics[f"purification.{ident}.clean_accuracy"] = accuracy(model, eval_set)
         metrics[f"purification.{ident}.rows"] = float(len(out.data))
-        for (aid, attack), goal in zip(attacks, poisoned.goals):
-            for key, value in attack.evaluate(model, test_set, goal).items():
-                metrics[f"purification.{ident}.{aid}.{key}"] = value
+        _evaluate_attacks(f"purification.{ident}", attacks, poisoned.goals, model, test_set, twin, metrics)
         where = {int(r): i for i, r in enumerate(out.kept.tolist())}
         rows = [int(r) for r in shown if int(r) in where]
         classes = poisoned.data.classes
@@ -505,16 +630,19 @@ def run_experiment(config: ExperimentConfig, *, progress: bool = False) -> Exper
     """Run every trial of ``config`` and gather the results."""
     start = time.perf_counter()
     t0 = time.perf_counter()
-    train_set, test_set = load_splits(config.data, config.seed)
+    train_set, test_set, holdout = load_splits(config.data, config.seed)
     timings = {"load_data": time.perf_counter() - t0}
     per_trial, first = [], None
     for trial in range(config.trials):
-        metrics, trial_timings, artifacts = run_trial(config, train_set, test_set, trial, progress=progress)
+        metrics, trial_timings, artifacts = run_trial(
+            config, train_set, test_set, trial, holdout=holdout, progress=progress
+        )
         per_trial.append(metrics)
         for key, value in trial_timings.items():
             timings[key] = timings.get(key, 0.0) + value
         first = first or artifacts
     mean, std = aggregate(per_trial)
+    oracles = oracle_prefixes(config)
     se = standard_errors(per_trial, mean, std)
     timings["total"] = time.perf_counter() - start
     results = {
@@ -534,13 +662,9 @@ def run_experiment(config: ExperimentConfig, *, progress: bool = False) -> Exper
         "history": first.run.history,
         **({"defenses": first.defenses} if first.defenses else {}),
         "timings": timings,
-        "versions": {
-            "poisonlab": poisonlab.__version__,
-            "torch": torch.__version__,
-            "numpy": np.__version__,
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
+        "oracles": oracles,
+        "oracle_metrics": sorted(k for k in mean if is_oracle_metric(k, oracles)),
+        "versions": environment(),
     }
     return ExperimentResult(results, first)
 

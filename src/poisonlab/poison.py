@@ -21,6 +21,7 @@ class AttackGoal:
     target_y: torch.Tensor | None = None  # their true labels
     adversarial_label: int | None = None  # the label the attacker wants (flip target, backdoor target)
     trigger: torch.Tensor | None = None  # backdoor trigger pattern
+    target_index: int | None = None  # row of the test set the target came from (excluded from accuracy)
 
 
 @dataclass(frozen=True, eq=False)
@@ -87,6 +88,15 @@ class PoisonedDataset:
         mask = torch.zeros(len(self.data), dtype=torch.bool)
         mask[self.poison_idx[self.poison_goal == goal_index]] = True
         return mask
+
+    def perturbation(self, goal_index: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per poisoned row (of ``goals[goal_index]``, or all), the L_inf and L2 norms of the released image
+        minus its clean original (for an appended row, the clean row it was initialised from)."""
+        rows = slice(None) if goal_index is None else self.poison_goal == goal_index
+        diff = (self.data.x[self.poison_idx[rows]] - self.original.x[rows]).flatten(1).double()
+        if len(diff) == 0:
+            return torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.float64)
+        return diff.abs().amax(1), diff.norm(dim=1)
 
     def clean_data(self) -> Dataset:
         """The clean training set: poisoned rows restored to their originals, appended rows dropped."""

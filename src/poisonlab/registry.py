@@ -29,6 +29,11 @@ class Method(BaseModel):
         """First line of the docstring."""
         return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
 
+    def oracle(self) -> str | None:
+        """Why this method, as configured, reads ground truth beyond scoring (an evaluation-only oracle whose
+        metrics are marked as such), or None for a method a real defender or attacker can run."""
+        return None
+
     def spec(self) -> dict[str, Any]:
         """The resolved parameters with the method's name, as written in a config."""
         return {"name": self.name, **self.model_dump(mode="json")}

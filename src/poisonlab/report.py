@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_GROUP_ORDER = ("victim", "clean", "attack", "purification", "defense", "detection")
+_GROUP_ORDER = ("victim", "twin", "attack", "purification", "defense", "detection")
 _POISON_COLOURS = ("tab:red", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
 _CLEAN_COLOUR = "tab:blue"
 _ALL_POISONED = "all poisoned"
@@ -588,6 +588,7 @@ def _metrics_section(results: Mapping) -> str:
         return "<p class='note'>No metrics recorded.</p>"
     stds = _flatten(results.get("metrics_std") or {})
     has_std = any(_fmt_std(v) for v in stds.values())
+    oracle = set(results.get("oracle_metrics") or ())
     grouped: dict[str, list[str]] = {}
     for name in metrics:
         grouped.setdefault(name.split(".", 1)[0], []).append(name)
@@ -598,7 +599,9 @@ def _metrics_section(results: Mapping) -> str:
     for g in order:
         body.append(f"<tr class='group'><th colspan='{ncols}'>{_e(g)}</th></tr>")
         for name in grouped[g]:
-            row = f"<tr><td class='name'>{_e(name)}</td><td class='num'>{_e(_fmt_num(metrics[name]))}</td>"
+            mark = " <span class='oracle' title='reads ground truth beyond scoring'>oracle</span>"
+            label = _e(name) + (mark if name in oracle else "")
+            row = f"<tr><td class='name'>{label}</td><td class='num'>{_e(_fmt_num(metrics[name]))}</td>"
             if has_std:
                 row += f"<td class='num std'>{_e(_fmt_std(stds.get(name)))}</td>"
             body.append(row + "</tr>")
@@ -608,7 +611,20 @@ def _metrics_section(results: Mapping) -> str:
         caption = f"<caption>mean ± std over {_e(_fmt_num(trials))} trials</caption>"
     elif _is_number(trials):
         caption = f"<caption>{_e(_fmt_num(trials))} trial(s)</caption>"
-    return f"<table class='metrics'>{caption}<thead>{head}</thead><tbody>{''.join(body)}</tbody></table>"
+    table = f"<table class='metrics'>{caption}<thead>{head}</thead><tbody>{''.join(body)}</tbody></table>"
+    reasons = results.get("oracles") or {}
+    if not oracle and not reasons:
+        return table
+    items = "".join(f"<li><code>{_e(k)}.*</code>: {_e(v)}</li>" for k, v in reasons.items())
+    items += (
+        "<li><code>*.recall_at_budget</code>: flags as many rows as there are true poisons</li>"
+        if any(k.endswith("recall_at_budget") for k in oracle)
+        else ""
+    )
+    return (
+        "<p class='note'>Metrics marked <span class='oracle'>oracle</span> read ground truth beyond scoring "
+        f"(evaluation-only; no real defender has them):</p><ul class='notes'>{items}</ul>{table}"
+    )
 
 
 def _detector_summary(view: DetectorView, aurocs: dict[str, float]) -> str:
@@ -706,6 +722,7 @@ thead th{border-bottom:2px solid #c9ced8}tr.group th{background:#f2f4f8;font-siz
 td.std{color:#5b6475}figure{margin:.4em 0 1em}figcaption{font-size:.85em;color:#5b6475}
 img{max-width:100%;height:auto}.figrow{display:flex;flex-wrap:wrap;gap:1.2em;align-items:flex-start}
 .note{color:#8a5a00;background:#fff8e6;border-left:3px solid #e0b040;padding:.4em .8em}
+.oracle{font-size:.75em;color:#7a3e00;background:#ffe9c7;border-radius:3px;padding:0 .35em;margin-left:.4em}
 .bad{color:#c62828;font-weight:600}.good{color:#2e7d32;font-weight:600}
 pre{background:#f6f8fa;border:1px solid #e1e4e8;padding:.8em 1em;overflow:auto;font-size:.85em}
 ul.notes li{margin:.2em 0}footer{margin-top:3em;color:#8a92a3;font-size:.8em}

@@ -2,8 +2,10 @@
 
 A targeted attack wants one test image ``x_t`` (true class ``y_t``) classified as ``y_adv`` by a victim
 trained on the released set. Its poisons are training rows of class ``y_adv`` that keep their correct
-labels; only their pixels change, by at most ``eps`` in L_inf (plus, for the attacks that use it, a
-smooth color shift of at most ``color_eps`` and a watermark of the target). The attacks differ only in
+labels; only their pixels change, by at most ``eps`` in L_inf *measured from the clean original*: the
+watermark of the target and the smooth color shift (of at most ``color_eps``), for the attacks that use
+them, are parts of the perturbation and count inside ``eps`` (the released poison is projected onto the
+eps-ball around the clean image, then onto the image box). The attacks differ only in
 the objective they minimise over the perturbations; like forest (Witches' Brew's code) the optimiser is
 written once: :func:`craft_perturbations`, signed Adam over every poison of a trial at once, with the
 step divided by 10 at 3/8, 5/8 and 7/8 of the steps, random restarts keeping the lowest final loss, and
@@ -68,6 +70,18 @@ def recolor(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
+class Setup:
+    """One trial's target (its test row ``index``), adversarial label, poison rows and surrogates."""
+
+    x_t: torch.Tensor
+    y_t: int
+    y_adv: int
+    idx: torch.Tensor
+    models: list[nn.Module]
+    index: int
+
+
+@dataclass
 class Crafted:
     """The best restart's perturbation (image units), color shift and per-step losses."""
 
@@ -77,12 +91,25 @@ class Crafted:
     restart_losses: list[float] = field(default_factory=list)
 
 
+def project(x: torch.Tensor, clean: torch.Tensor | None, eps: float | None) -> torch.Tensor:
+    """``x`` moved onto the L_inf ball of radius ``eps`` around ``clean`` (if given), then into [0, 1]."""
+    if clean is not None and eps is not None:
+        x = clean + (x - clean).clamp(-eps, eps)
+    return x.clamp(0, 1)
+
+
 def apply_perturbation(
-    base: torch.Tensor, delta: torch.Tensor, color: torch.Tensor | None = None
+    base: torch.Tensor,
+    delta: torch.Tensor,
+    color: torch.Tensor | None = None,
+    *,
+    clean: torch.Tensor | None = None,
+    eps: float | None = None,
 ) -> torch.Tensor:
-    """The released poisons: recolored base plus delta, clipped to the image box."""
+    """The released poisons: recolored (watermarked) base plus delta, projected onto the eps-ball around
+    the ``clean`` originals (the whole perturbation counts in the budget) and clipped to the image box."""
     x = recolor(base, color) if color is not None else base
-    return (x + delta).clamp(0, 1)
+    return project(x + delta, clean, eps)
 
 
 def craft_perturbations(
@@ -100,8 +127,11 @@ def craft_perturbations(
     hflip: bool = True,
     refresh: Callable[[torch.Tensor], Callable[[torch.Tensor], torch.Tensor]] | None = None,
     refresh_every: int = 0,
+    clean: torch.Tensor | None = None,
 ) -> Crafted:
-    """Minimise ``objective(poisons)`` over ||delta||_inf <= eps (and |color shift| <= color_eps).
+    """Minimise ``objective(poisons)`` over ||delta||_inf <= eps (and |color shift| <= color_eps); with
+    ``clean`` (the originals of a watermarked ``base``), every poison is projected onto the eps-ball around
+    its clean original, so watermark, color shift and delta together stay within eps.
 
     Signed Adam on delta / eps (Geiping et al. 2021): the gradient's sign feeds Adam, whose step ``lr`` is
     in units of eps, divided by 10 at 3/8, 5/8 and 7/8 of ``steps``; each restart starts from a uniform
@@ -129,8 +159,9 @@ def craft_perturbations(
         for step in range(steps):
             shift = color_eps * color if color is not None else None
             if refresh is not None and refresh_every and step and step % refresh_every == 0:
-                objective = refresh(apply_perturbation(base, eps * unit, shift).detach())
-            x = apply_perturbation(base, eps * unit, shift)
+                current = apply_perturbation(base, eps * unit, shift, clean=clean, eps=eps)
+                objective = refresh(current.detach())
+            x = apply_perturbation(base, eps * unit, shift, clean=clean, eps=eps)
             if augment:
                 x = augment_batch(x, generator, hflip)
             loss = objective(x)
@@ -185,8 +216,8 @@ class TargetedAttack(SurrogateAttack):
         return self
 
     # -- the target and the poisons -------------------------------------------------------------------
-    def setup(self, train: Dataset, test: Dataset | None, victim: nn.Module | None, generator):
-        """(x_t, y_t, y_adv, poison indices, surrogates) of one trial, as documented in the module."""
+    def setup(self, train: Dataset, test: Dataset | None, victim: nn.Module | None, generator) -> Setup:
+        """The target, adversarial label, poisons and surrogates of one trial, as documented in the module."""
         if self.adversarial_choice == "runner_up" and self.adversarial_class is None:
             self._check_classes(test, train.num_classes)
             models = self.surrogates(train, victim, generator)
@@ -196,10 +227,11 @@ class TargetedAttack(SurrogateAttack):
             probs[index, y_t] = -1
             y_adv = int(probs[index].argmax())
             x_t = test.x[index : index + 1]
-            return x_t, y_t, y_adv, self.choose_poisons(train, y_adv, generator), models
-        x_t, y_t, y_adv = self.choose_target(test, train.num_classes, generator)
+            return Setup(x_t, y_t, y_adv, self.choose_poisons(train, y_adv, generator), models, index)
+        index, y_adv = self.choose_target(test, train.num_classes, generator)
         idx = self.choose_poisons(train, y_adv, generator)
-        return x_t, y_t, y_adv, idx, self.surrogates(train, victim, generator)
+        x_t, y_t = test.x[index : index + 1], int(test.y[index])
+        return Setup(x_t, y_t, y_adv, idx, self.surrogates(train, victim, generator), index)
 
     def _check_classes(self, test: Dataset | None, num_classes: int) -> None:
         if test is None or len(test) == 0:
@@ -228,7 +260,7 @@ class TargetedAttack(SurrogateAttack):
         return int(rows[torch.randint(len(rows), (1,), generator=generator)])
 
     def choose_target(self, test: Dataset | None, num_classes: int, generator: torch.Generator):
-        """(x_t of shape (1, C, H, W), y_t, y_adv) drawn from ``test`` as documented in the module."""
+        """(target row of ``test``, y_adv) drawn as documented in the module."""
         self._check_classes(test, num_classes)
         index = self.target_row(test, generator)
         y_t = int(test.y[index])
@@ -239,7 +271,7 @@ class TargetedAttack(SurrogateAttack):
             y_adv += int(y_adv >= y_t)
         if y_adv == y_t:
             raise ConfigError(f"{self.name}: target row {index} is already of class {y_adv}")
-        return test.x[index : index + 1], y_t, y_adv
+        return index, y_adv
 
     def choose_poisons(self, train: Dataset, y_adv: int, generator: torch.Generator) -> torch.Tensor:
         """Sorted indices of the poisons: uniformly drawn rows of the adversarial class."""
@@ -280,9 +312,12 @@ class TargetedAttack(SurrogateAttack):
             raise AssertionError(f"{self.name}: poisons left the image box [0, 1]")
         return PoisonedDataset.from_rows(train, with_rows(train, idx, poisons), idx, goal)
 
-    def goal(self, x_t, y_t: int, y_adv: int, **info) -> AttackGoal:
+    def goal(self, setup: Setup, **info) -> AttackGoal:
         params = {**self.model_dump(mode="json"), **info}
-        return AttackGoal(self.name, params, x_t, torch.tensor([y_t]), adversarial_label=y_adv)
+        return AttackGoal(
+            self.name, params, setup.x_t.cpu(), torch.tensor([setup.y_t]), adversarial_label=setup.y_adv,
+            target_index=setup.index,
+        )  # fmt: skip
 
     def evaluate(self, model: nn.Module, test: Dataset, goal: AttackGoal) -> dict[str, float]:
         """success (the target is classified as the adversarial label), its probability, target_correct."""
@@ -320,10 +355,11 @@ class PerturbationAttack(TargetedAttack):
         raise NotImplementedError
 
     def craft(self, train, *, generator, victim=None, test=None):
-        x_t, y_t, y_adv, idx, models = self.setup(train, test, victim, generator)
+        setup = self.setup(train, test, victim, generator)
+        idx, models, y_adv = setup.idx, setup.models, setup.y_adv
         device = next(models[0].parameters()).device  # craft where the surrogate lives (CPU or CUDA)
-        x_t, base = x_t.to(device), train.x[idx].to(device)
-        base = watermark(base, x_t, self.opacity) if self.opacity else base
+        x_t, clean = setup.x_t.to(device), train.x[idx].to(device)
+        base = watermark(clean, x_t, self.opacity) if self.opacity else clean
         labels = train.y[idx].to(device)
         objective = self.objective(models, x_t, y_adv, base, labels, train, generator)
 
@@ -335,14 +371,13 @@ class PerturbationAttack(TargetedAttack):
         result = craft_perturbations(
             base, objective, eps=self.eps, steps=self.steps, lr=self.lr, generator=generator,
             restarts=self.restarts, color_eps=self.color_eps, augment=self.augment, hflip=self.hflip,
-            refresh=refresh if victim is None else None, refresh_every=self.retrain_every,
+            refresh=refresh if victim is None else None, refresh_every=self.retrain_every, clean=clean,
         )  # fmt: skip
-        poisons = apply_perturbation(base, result.delta, result.color)
-        assert_budget(poisons, base, self.eps, self.color_eps)
+        poisons = apply_perturbation(base, result.delta, result.color, clean=clean, eps=self.eps)
+        assert_budget(poisons, clean, self.eps)
         losses = result.losses
         goal = self.goal(
-            x_t.cpu(), y_t, y_adv,
-            loss={"first": losses[0], "last": losses[-1], "min": min(losses)},
+            setup, loss={"first": losses[0], "last": losses[-1], "min": min(losses)},
             restart_losses=result.restart_losses,
         )  # fmt: skip
         return self.released(train, idx, poisons, goal)
@@ -368,11 +403,13 @@ def watermark(base: torch.Tensor, target: torch.Tensor, opacity: float) -> torch
     return (1 - opacity) * base + opacity * target.expand_as(base)
 
 
-def assert_budget(poisons, base, eps: float, color_eps: float = 0.0) -> None:
-    """The attack's promise: ||poison - base||_inf <= eps + color_eps and every pixel in [0, 1]."""
-    gap = float((poisons - base).abs().max()) if len(base) else 0.0
-    if gap > eps + color_eps + 1e-5:
-        raise AssertionError(f"perturbation {gap:.4f} exceeds its budget {eps + color_eps:.4f}")
+def assert_budget(poisons: torch.Tensor, clean: torch.Tensor, eps: float) -> None:
+    """The attack's promise: ||poison - clean original||_inf <= eps, every pixel in [0, 1]."""
+    gap = float((poisons - clean).abs().max()) if len(clean) else 0.0
+    if gap > eps + 1e-5:
+        raise AssertionError(f"perturbation {gap:.4f} from the clean originals exceeds its budget {eps:.4f}")
+    if len(poisons) and not (poisons.min() >= 0 and poisons.max() <= 1):
+        raise AssertionError("poisons left the image box [0, 1]")
 
 
 def adversarial_loss(model: nn.Module, x_t: torch.Tensor, y_adv: int) -> torch.Tensor:

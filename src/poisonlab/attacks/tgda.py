@@ -193,8 +193,11 @@ def tgda(
 class TGDA(SurrogateAttack):
     """TGDA (seed 001): poisons from a generator trained by total-gradient descent-ascent against the victim.
 
-    Without a victim it trains `model` on the clean data with `train` and the trial's seed; the validation
-    rows whose loss the leader raises are `val_size` random training rows; poisons are appended (labels kept).
+    The attacker splits its clean training set: `val_size` random rows are the validation rows whose loss
+    the leader raises, and the rest is what the follower trains on and the poisons start from (so the
+    validation rows are never training rows of the game; Lu et al. keep a separate validation set). Without
+    a victim it trains `model` on that rest with `train` and the trial's seed. Poisons are appended to the
+    whole clean set (labels kept).
     """
 
     fraction: float = Field(0.03, gt=0, le=1, description="eps_d: poisons per clean row")
@@ -205,19 +208,23 @@ class TGDA(SurrogateAttack):
     cg_iters: int = Field(10, ge=1, description="conjugate-gradient iterations for the Hessian-inverse term")
     damping: float = Field(0.01, ge=0, description="added to the Hessian's diagonal in CG")
     batch_size: int = Field(500, ge=1, description="rows per estimate of the training and validation losses")
-    val_size: int = Field(1000, ge=1, description="validation rows (drawn from the training set)")
+    val_size: int = Field(1000, ge=1, description="validation rows held out of the attacker's training rows")
     hidden: int = Field(256, ge=1, description="hidden units of the generator MLP")
 
     def craft(self, train: Dataset, *, generator: torch.Generator, victim=None, test=None):
-        clean_model = self._clean_model(train, victim, generator)
+        if self.val_size >= len(train):
+            raise ConfigError(f"tgda: val_size {self.val_size} leaves no training row of {len(train)}")
+        order = torch.randperm(len(train), generator=generator)
+        val, rest = train.subset(order[: self.val_size]), order[self.val_size :].sort().values
+        fit_rows = train.subset(rest)
+        clean_model = self._clean_model(fit_rows, victim, generator)
         count = max(1, round(self.fraction * len(train)))
-        sources = draw_sources(len(train), count, generator)
-        val = train.subset(torch.randperm(len(train), generator=generator)[: self.val_size])
+        sources = draw_sources(len(rest), count, generator)
         result = tgda(
-            clean_model, train, sources, val=val, steps=self.steps, follower_steps=self.follower_steps,
+            clean_model, fit_rows, sources, val=val, steps=self.steps, follower_steps=self.follower_steps,
             leader_lr=self.leader_lr, follower_lr=self.follower_lr or self.train.lr, cg_iters=self.cg_iters,
             damping=self.damping, weight_decay=self.train.weight_decay, batch_size=self.batch_size,
             hidden=self.hidden, generator=generator,
         )  # fmt: skip
         goal = AttackGoal(self.name, {**self.model_dump(mode="json"), "val_loss": result.val_loss.tolist()})
-        return PoisonedDataset.from_added(train, result.poisons, goal, sources)
+        return PoisonedDataset.from_added(train, result.poisons, goal, rest[sources])

@@ -10,7 +10,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing
 import os
-import platform
 import signal
 import socket
 import threading
@@ -21,6 +20,7 @@ from typing import Any
 
 from poisonlab.bench.store import now
 from poisonlab.errors import PoisonlabError
+from poisonlab.results import environment
 
 EXECUTORS = ("pool", "inline", "ray")
 _SPLITS: OrderedDict[str, Any] = OrderedDict()  # a worker's loaded data, reused across its trials
@@ -38,20 +38,6 @@ def _splits(config):
             _SPLITS.popitem(last=False)
     _SPLITS.move_to_end(key)
     return _SPLITS[key]
-
-
-def _versions() -> dict[str, str]:
-    import numpy as np
-    import torch
-
-    import poisonlab
-
-    return {
-        "poisonlab": poisonlab.__version__,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-    }
 
 
 def run_task(task: dict[str, Any]) -> dict[str, Any]:
@@ -76,9 +62,9 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
     try:
         config = ExperimentConfig.model_validate(task["config"])
         t1 = time.perf_counter()
-        train_set, test_set = _splits(config)
+        train_set, test_set, holdout = _splits(config)
         load = time.perf_counter() - t1
-        metrics, timings, _ = run_trial(config, train_set, test_set, task["trial"])
+        metrics, timings, _ = run_trial(config, train_set, test_set, task["trial"], holdout=holdout)
         out.update(status="ok", metrics=metrics, timings={"load_data": load, **timings})
     except Exception as err:  # a failed trial is recorded and the matrix goes on
         out.update(
@@ -88,7 +74,7 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
         )
     out["duration"] = time.perf_counter() - t0
     out["finished"] = now()
-    out["versions"] = _versions()
+    out["versions"] = environment()
     return out
 
 

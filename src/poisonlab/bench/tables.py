@@ -18,7 +18,7 @@ import numpy as np
 
 from poisonlab.bench.matrix import TableSpec
 from poisonlab.bench.store import StoredMatrix
-from poisonlab.metrics import binomial_se
+from poisonlab.metrics import binomial_se, is_binary
 
 # Tables a matrix gets when it declares none (each shown only when some trial has the metric).
 DEFAULT_TABLES = (
@@ -53,8 +53,7 @@ def summarize(values) -> Stat:
     if n == 0:
         return Stat(0, float("nan"), float("nan"))
     mean = float(arr.mean())
-    binary = bool(np.all((arr == 0) | (arr == 1)))
-    if binary and n > 1:
+    if is_binary(arr) and n > 1:
         return Stat(n, mean, binomial_se(mean, n), True)
     se = float(arr.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
     return Stat(n, mean, se)

@@ -2,21 +2,27 @@
 
 Backdoor neurons tend to be dormant on clean inputs, so: rank the channels of the last convolutional layer
 by their mean activation on clean data, prune (mask) the least active, and fine-tune on clean data with a
-small learning rate so the remaining neurons unlearn the trigger. Seed 004's loop, which we follow:
+small learning rate so the remaining neurons unlearn the trigger. Seed 004's loop of pruning steps:
 
     cutoff = clean_accuracy(model) - max_accuracy_drop
-    while clean_accuracy >= cutoff and attack_success >= target_success:
-        prune `step` more of the channels (least active first), fine-tune, measure both
+    while accuracy >= cutoff and pruned < max_pruned [and attack_success >= target_success]:
+        prune `step` more of the channels (least active first), fine-tune, measure
 
-and keep the last model whose clean accuracy is at or above the cutoff. The "last conv layer" is found
-generically: the last ``nn.Conv2d`` of ``model.body``; its output channels are masked at the output of
-the top-level block that holds it (the conv itself in ``cnn``, the last residual block in ``resnet18``,
-whose post-ReLU output is what a pruned channel must silence).
+and keep the last model whose clean accuracy is at or above the cutoff. The defender's rule (Liu et al.,
+``stop: accuracy``, the default) stops on the clean-accuracy cutoff or the pruning fraction alone: a
+defender has no trigger. Seed 004's loop also stops once the attack success on triggered inputs is below
+``target_success`` (``stop: oracle_success``): it reads the trigger, an oracle, and its metrics say so. The
+attack success of each step is recorded in both for the report (evaluation only).
+
+The "last conv layer" is found generically: the last ``nn.Conv2d`` of ``model.body``; its output
+channels are masked at the output of the top-level block that holds it (the conv itself in ``cnn``, the
+last residual block in ``resnet18``, whose post-ReLU output is what a pruned channel must silence).
 """
 
 from __future__ import annotations
 
 import copy
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -95,8 +101,13 @@ class FinePruning(Defense):
     max_accuracy_drop: float = Field(
         0.04, ge=0, le=1, description="stop once clean accuracy falls below the start minus this"
     )
+    stop: Literal["accuracy", "oracle_success"] = Field(
+        "accuracy",
+        description="accuracy: the defender's rule (accuracy cutoff or max_pruned); oracle_success: also "
+        "stop once the trigger's success is below target_success (seed 004's trigger-aware loop, an oracle)",
+    )
     target_success: float = Field(
-        0.01, ge=0, le=1, description="stop once the attack success is below this (seed 004: 1%)"
+        0.01, ge=0, le=1, description="oracle_success stops once the attack success is below this (1%)"
     )
     max_pruned: float = Field(0.95, gt=0, lt=1, description="never prune more than this share of channels")
     finetune_epochs: int = Field(2, ge=0, description="epochs of clean fine-tuning after each pruning step")
@@ -112,6 +123,15 @@ class FinePruning(Defense):
         "to measure accuracy and success during the loop",
     )
     rerank: bool = Field(True, description="re-rank the remaining channels on the fine-tuned model each step")
+
+    def oracle(self) -> str | None:
+        if self.stop == "oracle_success":
+            return "fine-pruning stops on the trigger's attack success (seed 004's trigger-aware loop)"
+        return None
+
+    def _done(self, asr: float) -> bool:
+        """The oracle stop: the trigger no longer works (never for the defender's rule)."""
+        return self.stop == "oracle_success" and asr < self.target_success
 
     def repair(self, model, clean: Dataset, *, triggered=None, target=None, seed: int = 0) -> Repair:
         if len(clean) < 2:
@@ -145,7 +165,7 @@ class FinePruning(Defense):
             checkpoint_every=max(1, self.finetune_epochs),
         )
         acc, asr, pruned = acc0, asr0, 0
-        while acc >= cutoff and not asr < self.target_success and pruned < limit:
+        while acc >= cutoff and pruned < limit and not self._done(asr):
             if self.rerank and pruned:
                 act = channel_activations(model, mask, tune.x)
                 act[mask.mask == 0] = -1.0  # the pruned stay first

@@ -93,7 +93,12 @@ def per_class_top(confidence: torch.Tensor, labels: torch.Tensor, per_class, gen
 class KNNK(Detector):
     """k-NN(K) (seed 003 appendix B): per class, the K rows whose k-NN vote most agrees with their label."""
 
-    k: int = Field(50, ge=1, description="neighbours, the row itself included (seed 003: the rows per class)")
+    k: int | None = Field(
+        None,
+        ge=1,
+        description="neighbours, the row itself included; unset: the rows per class, N / classes (seed 003 "
+        "section 5.2, after Peri et al.)",
+    )
     per_class: int = Field(
         100, ge=1, description="K: rows kept per class as the reference set (the most confident)"
     )
@@ -103,8 +108,13 @@ class KNNK(Detector):
         """Share of each row's k nearest neighbours (self included) that carry its label."""
         if self.normalize:
             features = F.normalize(features, dim=1)
-        votes = neighbour_votes(features, labels, self.k, num_classes).double()
-        return votes.gather(1, labels[:, None]).squeeze(1) / self.k
+        k = self.neighbours(len(labels), num_classes)
+        votes = neighbour_votes(features, labels, k, num_classes).double()
+        return votes.gather(1, labels[:, None]).squeeze(1) / k
+
+    def neighbours(self, rows: int, num_classes: int) -> int:
+        """k: as set, or the rows per class (at least 1)."""
+        return self.k if self.k is not None else max(1, round(rows / num_classes))
 
     def scores(self, data: Dataset, run: TrainRun, *, test=None, generator=None) -> np.ndarray:
         """1 - confidence: high when the neighbours disagree with the row's label."""

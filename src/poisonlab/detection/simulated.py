@@ -49,6 +49,9 @@ class SimulatedDetector(Detector):
     precision: float = Field(1.0, gt=0, le=1, description="share of the reference set that is clean")
     recall: float = Field(0.5, gt=0, le=1, description="share of the clean rows put in the reference set")
 
+    def oracle(self) -> str:
+        return "the simulated detector draws its reference set from the true poison mask"
+
     def select(self, is_poisoned: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Boolean reference mask over the rows, drawn with ``generator`` from the true poison mask."""
         is_poisoned = torch.as_tensor(is_poisoned, dtype=torch.bool)
