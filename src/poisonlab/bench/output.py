@@ -19,7 +19,7 @@ import yaml
 from matplotlib.figure import Figure
 
 from poisonlab.bench.store import ResultStore, StoredMatrix
-from poisonlab.bench.tables import NO_DATA, Table, build_tables
+from poisonlab.bench.tables import NO_DATA, ORACLE_NOTE, Table, build_tables
 from poisonlab.report import figure_to_png
 
 MAX_PLOT_SERIES = 12
@@ -88,7 +88,8 @@ def _html_table(table: Table) -> str:
         tds = "".join(f"<td class='lab'>{_e(v)}</td>" for v in table.row_label(row))
         tds += "".join(f"<td>{_e(table.format(table.cells.get((row, c)), full))}</td>" for c in table.cols)
         body.append(f"<tr>{tds}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    note = f"<p class='meta'>{_e(ORACLE_NOTE)}</p>" if table.has_oracle() else ""
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{note}"
 
 
 def _counts(data: StoredMatrix) -> dict[str, int]:

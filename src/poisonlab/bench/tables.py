@@ -3,7 +3,8 @@
 A table comes from a metric name whose ``{placeholders}`` (``detection.{detector}.auroc``) and the
 matrix's axes are its dimensions. Axes that a table neither lays out nor pools are appended to its rows.
 Metrics whose every trial is 0 or 1 (a success per trial) get the binomial standard error
-sqrt(p (1 - p) / n); the others std / sqrt(n).
+sqrt(p (1 - p) / n); the others std / sqrt(n). A cell whose metric reads ground truth beyond scoring in its
+cell's config (``experiment.oracle_prefixes``, ``metrics.is_oracle_metric``) is marked with a dagger.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 
 from poisonlab.bench.matrix import TableSpec
 from poisonlab.bench.store import StoredMatrix
-from poisonlab.metrics import binomial_se, is_binary
+from poisonlab.metrics import binomial_se, is_binary, is_oracle_metric
 
 # Tables a matrix gets when it declares none (each shown only when some trial has the metric).
 DEFAULT_TABLES = (
@@ -34,6 +35,21 @@ DEFAULT_TABLES = (
 )
 
 NO_DATA = "No stored trial has this metric yet."
+ORACLE_MARK = "†"
+ORACLE_NOTE = f"{ORACLE_MARK} oracle: reads ground truth beyond scoring (evaluation only)."
+
+
+def cell_oracles(config: dict[str, Any]) -> dict[str, str]:
+    """The oracle metric prefixes of a stored cell's resolved config (none if it no longer validates)."""
+    from pydantic import ValidationError
+
+    from poisonlab.errors import PoisonlabError
+    from poisonlab.experiment import ExperimentConfig, oracle_prefixes
+
+    try:
+        return oracle_prefixes(ExperimentConfig.model_validate(config))
+    except (ValidationError, PoisonlabError, TypeError):
+        return {}
 
 
 @dataclass
@@ -44,6 +60,7 @@ class Stat:
     mean: float
     se: float
     binomial: bool = False
+    oracle: bool = False
 
 
 def summarize(values) -> Stat:
@@ -94,7 +111,10 @@ class Table:
             text += f" ± {stat.se * self.scale:.{self.digits}f}"
         if stat.n < full_n:
             text += f" (n={stat.n})"
-        return text
+        return text + (f" {ORACLE_MARK}" if stat.oracle else "")
+
+    def has_oracle(self) -> bool:
+        return any(s.oracle for s in self.cells.values())
 
     def full_n(self) -> int:
         return max((s.n for s in self.cells.values()), default=0)
@@ -113,6 +133,8 @@ class Table:
         for row in self.rows:
             vals = [self.format(self.cells.get((row, c)), full) for c in self.cols]
             lines.append("| " + " | ".join(self.row_label(row) + vals) + " |")
+        if self.has_oracle():
+            lines += ["", ORACLE_NOTE]
         return "\n".join(lines)
 
     def csv_text(self) -> str:
@@ -162,6 +184,8 @@ def build_table(
     col_dims = list(spec.columns)
     pattern = spec.pattern()
     cells_by_id = {c.cell_id: c for c in data.cells}
+    oracles = {c.cell_id: cell_oracles(c.config) for c in data.cells}
+    oracle_keys: set[tuple] = set()
     values: dict[tuple, list[float]] = {}
     order: dict[str, list[str]] = {d: [] for d in dims}
     for cell in data.cells:  # axis levels in the matrix's order
@@ -185,6 +209,8 @@ def build_table(
                 order[h].append(coords[h])
             key = (tuple(coords[d] for d in row_dims), tuple(coords[d] for d in col_dims))
             values.setdefault(key, []).append(value)
+            if is_oracle_metric(name, oracles[rec["cell_id"]]):
+                oracle_keys.add(key)
     if not values and not keep_empty:
         return None
     order = {d: _ordered(v) for d, v in order.items()}
@@ -203,6 +229,7 @@ def build_table(
     )
     for key, vals in values.items():
         table.cells[key] = summarize(vals)
+        table.cells[key].oracle = key in oracle_keys
     return table
 
 
