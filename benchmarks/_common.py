@@ -11,6 +11,21 @@ from torch import nn
 HERE = Path(__file__).resolve().parent
 
 
+def provenance(command: str) -> str:
+    """One line for a result file: date, machine, torch and its thread count, commit, the command."""
+    from datetime import date
+
+    from poisonlab.results import environment
+
+    env = environment()
+    return (
+        f"Date: {date.today().isoformat()}. Machine: {env['machine']}, {env['cpus']} cores (shared with "
+        f"other jobs), {env['device']}, torch {env['torch']} with {env['torch_threads']} thread(s), "
+        f"poisonlab {env['poisonlab']} at {env['git_commit'] or 'an unknown commit'}. "
+        f"Command: `{command}`."
+    )
+
+
 def add_data_root(parser: argparse.ArgumentParser) -> None:
     """``--data-root``: $POISONLAB_DATA, else the shared data folder beside the checkout."""
     parser.add_argument(
