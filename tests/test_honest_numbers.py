@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 
-from poisonlab.errors import ConfigError
 from poisonlab.experiment import ExperimentConfig, load_splits, run_experiment, without_targets
 from poisonlab.models import build_model
 from poisonlab.report import render_report

@@ -13,7 +13,7 @@ The goal's ``trigger`` holds ``stack([p, m])`` of shape (2, C, h, w) (the patch,
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -177,16 +177,26 @@ class PatchTrigger:
 
 
 class _DirtyLabel(BackdoorAttack, BudgetedAttack):
+    """Without fraction or count, 10% of the whole training set is poisoned (``default_fraction``): seed
+    004's setting and BackdoorBench's default poisoning ratio."""
+
     fraction: float | None = Field(
-        None, gt=0, le=1, description="poisoned share of the whole training set (drawn from other classes)"
+        None,
+        gt=0,
+        le=1,
+        description="poisoned share of the whole training set, drawn from other classes (0.1 if no count)",
     )
+
+    default_fraction: ClassVar[float] = 0.1
 
     def craft(self, train: Dataset, *, generator: torch.Generator, victim=None, test=None):
         self._check_target(train)
         eligible = self.source_mask(train.y).nonzero().flatten()
-        n = self.count if self.count is not None else round(self.fraction * len(train))
+        n = self.count if self.count is not None else round(self.budget_fraction * len(train))
         if n < 1:
-            raise ConfigError(f"{self.name}: fraction {self.fraction} of {len(train)} rows selects no row")
+            raise ConfigError(
+                f"{self.name}: fraction {self.budget_fraction} of {len(train)} rows selects no row"
+            )
         n = poison_count(len(eligible), None, n, f"{self.name} on the classes other than {self.target}")
         idx = eligible[torch.randperm(len(eligible), generator=generator)[:n]].sort().values
         trigger = self._trigger(train.input_shape)

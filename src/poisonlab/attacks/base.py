@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from pydantic import Field, model_validator
 from torch import nn
@@ -37,20 +39,28 @@ class Attack(Method):
 
 
 class BudgetedAttack(Attack):
-    """An attack whose budget is a fraction or a count of rows (exactly one of them)."""
+    """An attack whose budget is a fraction or a count of rows: at most one of them; with neither, the
+    attack's documented ``default_fraction`` (so every registered attack builds from its defaults)."""
 
     fraction: float | None = Field(None, gt=0, le=1, description="fraction of the eligible rows to poison")
     count: int | None = Field(None, ge=1, description="number of rows to poison (instead of a fraction)")
 
+    default_fraction: ClassVar[float]  # each attack sets and documents its own
+
     @model_validator(mode="after")
     def _one_budget(self):
-        if (self.fraction is None) == (self.count is None):
-            raise ValueError("give exactly one of fraction and count")
+        if self.fraction is not None and self.count is not None:
+            raise ValueError("give at most one of fraction and count")
         return self
+
+    @property
+    def budget_fraction(self) -> float:
+        """``fraction``, or the attack's ``default_fraction`` when neither fraction nor count is set."""
+        return self.fraction if self.fraction is not None else self.default_fraction
 
 
 def poison_count(available: int, fraction: float | None, count: int | None, what: str) -> int:
-    """Number of rows to poison out of ``available`` from a fraction or a count (exactly one is set)."""
+    """Rows to poison out of ``available``: ``count`` if set, else ``round(fraction * available)``."""
     n = count if count is not None else round((fraction or 0.0) * available)
     if n < 1:
         raise ConfigError(f"{what}: the budget selects no row (fraction {fraction} of {available} rows)")
