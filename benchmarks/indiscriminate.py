@@ -13,15 +13,12 @@ the seed's radius (LR 1, NN and CNN 0.5). Writes benchmarks/results/indiscrimina
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
-from datetime import date
 from pathlib import Path
 
 import torch
-from _common import add_data_root
+from _common import add_data_root, provenance
 
 from poisonlab.attacks import RandomLabelFlip
 from poisonlab.attacks.gradient_canceling import (
@@ -156,19 +153,20 @@ def render(results: dict, args, seconds: float) -> str:
     lines = [
         "# Seed 001 (indiscriminate poisoning) on MNIST: label flip, TGDA, GradPC, gradient canceling",
         "",
-        f"Date: {date.today().isoformat()}. Machine: {platform.machine()}, {os.cpu_count()} cores (shared "
-        f"with other jobs), torch {torch.__version__}, {args.threads} thread(s). "
-        f"Command: `python benchmarks/indiscriminate.py`. Total time {seconds / 60:.1f} min.",
+        provenance("python benchmarks/indiscriminate.py " + " ".join(sys.argv[1:]))
+        + f" Total time {seconds / 60:.1f} min.",
         "",
         "Each cell: **ours / seed 001**, test-accuracy change in points (clean: accuracy in %). Ours: one "
         "seed, a stratified MNIST training subset (rows below), the full 10,000-image test set, victims "
         "retrained from scratch with the same schedule and seed as the clean model. The seed used all 60,000 "
         "rows on a GPU. GradPC columns are the corrupted models themselves (no poisoning). GC's target is "
-        "GradPC at the seed's radius (LR eps_w = 1; NN, CNN 0.5).",
+        "GradPC at the seed's radius (LR eps_w = 1; NN, CNN 0.5). tau: the reachability threshold of the GC "
+        "target by the seed's own formula <w, g(mu)> / 0.28 on both sides (ours / seed); 'tau K-class' is "
+        "our corrected threshold (see note 1), the eps_d of 'GC at tau'.",
         "",
         "| model | rows | clean acc | label flip 0.03 | TGDA 0.03 | GradPC eps_w 0.5 | GradPC eps_w 1 "
-        "| GC 0.03 | GC 0.1 | GC 1 | tau | GC at tau |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| GC 0.03 | GC 0.1 | GC 1 | tau (/0.28) | tau K-class | GC at tau |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         s = SEED[name]
@@ -180,7 +178,7 @@ def render(results: dict, args, seconds: float) -> str:
             f"| {_cell(r['gradpc_0.5'], s['gradpc_0.5'])} | {_cell(r['gradpc_1'], s['gradpc_1'])} "
             f"| {_cell(gc[0.03], s['gc_0.03'])} | {_cell(gc[0.1], s['gc_0.1'])} "
             f"| {_cell(gc[1.0], s['gc_1'])} "
-            f"| {tau_eps:.2f} / {s['tau']:.2f} | {_cell(gc['tau'], s['gc_tau'])} |"
+            f"| {r['tau_seed']:.2f} / {s['tau']:.2f} | {tau_eps:.2f} | {_cell(gc['tau'], s['gc_tau'])} |"
         )
     lines += [
         "",
@@ -228,7 +226,8 @@ def render(results: dict, args, seconds: float) -> str:
             f"{list(tc.milestones)}; GC {cfg['dtype']}, Adam lr 0.02 cosine-decayed, steps "
             f"{ {str(k): v for k, v in cfg['gc_steps'].items()} }; GradPC {cfg['gradpc']} (batch None: "
             f"full batch), step eps_w/4 cosine-decayed; TGDA {cfg['tgda']}, leader Adam 0.01, 2 follower "
-            f"SGD steps at the victim's lr per leader step, 1000 validation rows from the training set."
+            f"SGD steps at the victim's lr per leader step, 1000 validation rows held out of the rows the "
+            "follower trains on."
         )
     return "\n".join(lines) + "\n"
 
