@@ -177,7 +177,10 @@ def run_feature_collision(args, errors: dict[str, str]) -> dict:
         )
     )
     log(f"ART layers {clf.layer_names}; '{layer}' == model.features: {same_layer}")
-    attack = FeatureCollision(count=args.fc_count, eps=args.fc_eps, steps=args.fc_steps, lr=args.fc_lr)
+    # beta without the 255^2 of the paper's pixel scale: ART applies similarity_coeff to [0, 1] pixels too
+    attack = FeatureCollision(
+        count=args.fc_count, eps=args.fc_eps, steps=args.fc_steps, lr=args.fc_lr, beta_scale="unit"
+    )
 
     def rel_distance(x: torch.Tensor, x_t: torch.Tensor) -> float:
         with torch.no_grad():
@@ -479,7 +482,8 @@ def main() -> None:
             f"clean-data baseline. {len(rows)} targets: our attack with generator seed 0..{len(rows) - 1} "
             "draws a random test image and a random other class, and "
             f"{a.count} bases of that class; ART gets that target and those bases. Ours: count {a.count}, "
-            f"eps {a.eps} (L_inf around the watermarked base), steps {a.steps}, lr {a.lr}, beta0 {a.beta0}, "
+            f"eps {a.eps} (L_inf from the clean base, watermark included), steps {a.steps}, lr {a.lr}, "
+            f"beta0 {a.beta0} (unit scale, as ART), "
             f"opacity {a.opacity}. ART: `FeatureCollisionAttack(feature_layer='body', max_iter={a.steps}, "
             f"learning_rate={a.lr}, similarity_coeff={a.beta0})`; ART's layer names on our model: "
             f"{fc['layers']}; 'body' output equal to `model.features`: {fc['same_layer']}.",
@@ -493,7 +497,8 @@ def main() -> None:
             "",
             "Per target: s / poison, success, adversarial probability per tool; mean relative feature "
             "distance ||f(p) - f(t)|| / ||f(t)|| of the poisons; max |poison - raw base|; max |poison - "
-            "blended base| (ours is bounded there by eps); ART's learning rate after the last poison.",
+            "blended base|; ART's learning rate after the last poison. Ours is bounded by eps around the raw "
+            "(clean) base.",
             "",
             "| target | true -> adv | ours | ART wm | ART pre-blended | clean p "
             "| dist ours / ART wm / ART pre | L_inf raw: ours / wm / pre | L_inf blended: ours / pre "
