@@ -1,8 +1,10 @@
 """Targeted clean-label attacks: feature collision (transfer), gradient matching (from scratch), first-order
-poisoning and MetaPoison (one simulated training step), budgets, and the runner's two settings."""
+poisoning and MetaPoison (one simulated training step; a retrained victim in transfer), budgets, and the
+runner's two settings."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -34,30 +36,38 @@ def digits_model(digits_split):
     return train(build_model("cnn", train_set.input_shape, 10, seed=0), train_set, FAST, seed=0).model
 
 
-def test_feature_collision_transfer_succeeds_on_most_targets(mnist):
-    train_set, test_set = mnist
-    extractor = train(build_model("cnn", (1, 28, 28), 10, seed=0), train_set, TrainConfig(epochs=4), seed=0)
-    extractor = extractor.model
+def test_feature_collision_unbounded_flips_targets_in_transfer_and_the_default_stays_in_its_budget(
+    digits_split, digits_model
+):
+    """Transfer (frozen digits cnn, retrained head), 13 poisons (1%). The paper's unbounded variant
+    (``eps: unbounded``, beta without the 255^2 of [0, 255] pixels) flips 4 of 6 targets (log10 of the
+    adversarial probability over the clean twin's: 4-15); the default bound of 16/255 around the clean
+    originals (watermark included) keeps every poison within it, and there, on these small models, the
+    collision adds nothing measurable to the watermark (benchmarks/results/clean_label.md)."""
+    train_set, test_set = digits_split
     head = TrainConfig(epochs=20, weight_decay=0)
-    eps = 0.5
-    poisoned_hits, clean_hits = 0, 0
+    hits, clean_hits, ratios = 0, 0, []
     for seed in range(5):
-        attack = FeatureCollision(count=20, eps=eps, steps=300)
-        poisoned = attack.craft(train_set, generator=torch.Generator().manual_seed(seed), victim=extractor,
+        attack = FeatureCollision(count=13, steps=150, eps="unbounded", beta_scale="unit")
+        poisoned = attack.craft(train_set, generator=torch.Generator().manual_seed(seed), victim=digits_model,
                                 test=test_set)  # fmt: skip
         goal = poisoned.goals[0]
-        original = poisoned.original
-        assert (poisoned.data.y == train_set.y).all()  # clean label
-        assert (original.y == goal.adversarial_label).all()
-        base = 0.7 * original.x + 0.3 * goal.target_x  # the watermarked bases
-        assert (poisoned.data.x[poisoned.poison_idx] - base).abs().max() <= eps + 1e-6
-        assert poisoned.data.x.min() >= 0 and poisoned.data.x.max() <= 1
-        victim = train_head(extractor, poisoned.data, head, seed=seed).model
-        clean = train_head(extractor, train_set, head, seed=seed).model
-        poisoned_hits += attack.evaluate(victim, test_set, goal)["success"]
-        clean_hits += attack.evaluate(clean, test_set, goal)["success"]
+        assert (poisoned.data.y == train_set.y).all()
+        assert (poisoned.original.y == goal.adversarial_label).all()
+        victim = train_head(digits_model, poisoned.data, head, seed=seed).model
+        twin = train_head(digits_model, train_set, head, seed=seed).model
+        on_victim, on_twin = attack.evaluate(victim, test_set, goal), attack.evaluate(twin, test_set, goal)
+        hits += on_victim["success"]
+        clean_hits += on_twin["success"]
+        ratios.append(math.log10(on_victim["adversarial_probability"] / on_twin["adversarial_probability"]))
         assert accuracy(victim, test_set) > 0.9
-    assert poisoned_hits >= 4 and clean_hits == 0, (poisoned_hits, clean_hits)
+    assert hits >= 3 and clean_hits == 0, (hits, clean_hits, ratios)
+    assert min(ratios) > 1, ratios
+    bounded = FeatureCollision(count=13, steps=20).craft(
+        train_set, generator=torch.Generator().manual_seed(0), victim=digits_model, test=test_set
+    )
+    linf, _ = bounded.perturbation()
+    assert linf.max() <= 16 / 255 + 1e-6 and linf.max() > 8 / 255  # measured from the clean originals
 
 
 def test_gradient_matching_lowers_its_loss_and_fools_from_scratch_victims_more_often(digits_split):
@@ -135,6 +145,61 @@ def test_first_order_and_metapoison_raise_the_target_probability_after_one_step(
         )
         gains.append(after / before)
     assert all(g > 1 for g in gains), gains
+
+
+TRANSFER_HEAD = TrainConfig(epochs=20, weight_decay=0)  # the README's transfer setting: head retrained
+
+
+@pytest.fixture(scope="module")
+def frozen_extractor(digits_model):
+    """The transfer setting's pretrained model: a copy of the clean digits cnn whose head alone is trainable
+    (what the attacks may move), as experiment.run_trial passes it."""
+    extractor = copy.deepcopy(digits_model)
+    for name, p in extractor.named_parameters():
+        p.requires_grad_(name.startswith("head."))
+    return extractor
+
+
+@pytest.fixture(scope="module")
+def head_twins(digits_split, frozen_extractor):
+    """The clean twin of each trial: the same head retraining (seed, schedule) on the clean rows."""
+    train_set, _ = digits_split
+    return {s: train_head(frozen_extractor, train_set, TRANSFER_HEAD, seed=s).model for s in range(5)}
+
+
+@pytest.mark.parametrize("attack_cls", [FirstOrder, MetaPoison])
+def test_first_order_and_metapoison_raise_the_target_probability_on_a_retrained_victim(
+    digits_split, frozen_extractor, head_twins, attack_cls
+):
+    """Transfer on digits: the attacks craft on the frozen clean cnn (white-box), the victim retrains its head
+    for 20 epochs on the released set, its twin on the clean rows (same seed and schedule). 40 poisons (3%)
+    at eps 32/255, no watermark and no color shift (delta is the whole perturbation), toward the runner-up
+    class of a correctly classified target. The retrained victim gives every target more adversarial
+    probability than its twin does.
+
+    log10(p_adv victim / p_adv twin) over targets 0-4 (mean; 8 targets min): first-order 0.90 / 1.22 / 0.79
+    / 1.29 / 1.54 (1.15; min 0.25), MetaPoison 0.95 / 1.51 / 1.06 / 1.51 / 1.62 (1.33; min 0.72). With the
+    objective reversed (before - after, +alpha, MetaPoison's loss negated) or constant (delta left at its
+    random start): mean -0.11 to +0.07, each with negative targets. No target flips at this budget (1 of 6
+    flips, none for the twin, with 120 poisons; not asserted)."""
+    train_set, test_set = digits_split
+    ratios = []
+    for seed, twin in head_twins.items():
+        attack = attack_cls(
+            count=40, eps=32 / 255, steps=60, opacity=0.0, color_eps=0.0, train=FAST,
+            adversarial_choice="runner_up",
+        )  # fmt: skip
+        poisoned = attack.craft(
+            train_set, generator=torch.Generator().manual_seed(seed), victim=frozen_extractor, test=test_set
+        )
+        goal = poisoned.goals[0]
+        assert (poisoned.data.y == train_set.y).all()
+        assert (poisoned.data.x[poisoned.poison_idx] - poisoned.original.x).abs().max() <= 32 / 255 + 1e-6
+        victim = train_head(frozen_extractor, poisoned.data, TRANSFER_HEAD, seed=seed).model
+        on_victim, on_twin = attack.evaluate(victim, test_set, goal), attack.evaluate(twin, test_set, goal)
+        ratios.append(math.log10(on_victim["adversarial_probability"] / on_twin["adversarial_probability"]))
+        assert accuracy(victim, test_set) > accuracy(twin, test_set) - 0.03
+    assert min(ratios) > 0 and sum(ratios) / len(ratios) > 0.6, ratios
 
 
 def test_recolor_is_bounded_smooth_and_identity_at_zero():

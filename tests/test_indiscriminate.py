@@ -187,11 +187,15 @@ def test_gradient_canceling_attack_on_networks(digits_split, name):
 
 
 def test_tgda_poisons_stay_in_the_box_and_raise_the_test_loss(digits_split):
+    """60 poisons (10%) against logistic regression, 200 of the 600 rows held out as the leader's validation
+    rows. Against the same rows appended unmodified, the victim's test loss rises by 37% / 33% / 13% (crafting
+    seeds 0-2; accuracy -1.8 / -2.3 / -0.5 points); with the leader descending the validation loss instead:
+    +6% and +0.9 points of accuracy; with the generator left at its identity start: no change."""
     train_set, test_set = digits_split
     small = stratified_subset(train_set, 600, seed=0)
     config = TrainConfig(epochs=30, lr=0.1, weight_decay=5e-4)
     attack = TGDA(
-        model="logreg", train=config, fraction=0.1, steps=60, cg_iters=5, val_size=600, batch_size=600
+        model="logreg", train=config, fraction=0.1, steps=60, cg_iters=5, val_size=200, batch_size=600
     )
     poisoned = attack.craft(small, generator=torch.Generator().manual_seed(0))
     x_p = poisoned.data.x[poisoned.poison_idx]
@@ -222,15 +226,19 @@ def test_conjugate_gradient_solves_a_damped_system():
 
 
 def test_experiment_runner_reports_the_accuracy_drop_of_gradient_canceling():
+    """eps_d = 1 against logistic regression on all of digits: the victim loses 3.6 / 5.6 / 5.6 / 6.0 / 4.9
+    points against its twin (seeds 0-4); with the canceling step reversed 1.3 / 1.1, without it 0.0 / 0.0,
+    with a GradPC target that descends instead of ascending -0.4 / -0.9 (seeds 0-1). At eps_d 0.5 the drop
+    was 2.5-4.9 points, too close to the mutants' to separate them robustly."""
     train_cfg = {"epochs": 40, "lr": 0.5, "batch_size": 256, "weight_decay": 0.0}
     config = ExperimentConfig.model_validate({
         "name": "gc", "seed": 0, "model": "logreg", "train": train_cfg,
-        "attacks": [{"name": "gradient_canceling", "model": "logreg", "train": train_cfg, "fraction": 0.5,
+        "attacks": [{"name": "gradient_canceling", "model": "logreg", "train": train_cfg, "fraction": 1.0,
                      "eps_w": 1.0, "steps": 100}],
     })  # fmt: skip
     metrics = run_experiment(config).results["metrics"]
-    assert metrics["attack.poison_count"] == round(0.5 * 1347)
-    assert metrics["attack.accuracy_drop"] > 0.02
+    assert metrics["attack.poison_fraction"] == 1.0  # as many poisons as clean rows
+    assert metrics["attack.accuracy_drop"] > 0.025
     # the attack trained the runner's clean baseline itself (same model, schedule and seed)
     assert metrics["attack.gradient_canceling.twin_distance_to_target"] == pytest.approx(1.0, abs=1e-4)
     assert metrics["attack.gradient_canceling.target_accuracy"] < metrics["twin.clean_accuracy"] - 0.05
