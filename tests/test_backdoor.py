@@ -5,7 +5,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from poisonlab.attacks import BadNets, Blend, SleeperAgent
+from poisonlab.attacks import BadNets, Blend
 from poisonlab.attacks.backdoor import stamp
 from poisonlab.data import load_digits, train_test_split
 from poisonlab.defenses import ChannelMask, FinePruning, channel_activations, mask_last_conv
@@ -45,6 +45,17 @@ def backdoored(split):
     return attack, poisoned, victim, clean
 
 
+@pytest.fixture(scope="module")
+def independent(split):
+    """An independent feature extractor: the same CNN trained on the defender's 420 clean rows (the first
+    420 of the test split), disjoint from the released training rows and blind to the trigger. Not the
+    model trained on the true clean rows, which would read the ground truth."""
+    _, test_set = split
+    return train(
+        build_model("cnn", test_set.input_shape, 10, seed=1), test_set.subset(torch.arange(420)), SCHEDULE
+    )
+
+
 def test_badnets_stamps_the_patch_and_relabels_only_the_poisons(split):
     train_set, _ = split
     x_before = train_set.x.clone()
@@ -82,8 +93,8 @@ def test_blend_is_the_alpha_mix_and_random_positions_vary(split):
 
 def test_bad_backdoor_parameters_are_rejected_by_name(split):
     train_set, _ = split
-    with pytest.raises(ConfigError, match="exactly one of fraction and count"):
-        create("attack", {"name": "badnets"})
+    with pytest.raises(ConfigError, match="at most one of fraction and count"):
+        create("attack", {"name": "badnets", "fraction": 0.1, "count": 3})
     with pytest.raises(ConfigError, match="alpha"):
         create("attack", {"name": "blend", "count": 3, "alpha": 2})
     with pytest.raises(ConfigError, match="does not fit"):
@@ -118,21 +129,66 @@ def test_blend_backdoors_a_small_cnn(split):
 @pytest.mark.parametrize(
     "detector, model, floor",
     [
-        (SpectralSignature(), "victim", 0.75),
-        (ActivationClustering(), "victim", 0.75),
-        (DeepKNN(k=50), "clean", 0.95),  # seed 003's k-NN reads an extractor not trained on the poisons
+        (SpectralSignature(), "victim", 0.7),
+        (SpectralSignature(), "independent", 0.7),
+        (ActivationClustering(), "victim", 0.7),
+        (ActivationClustering(), "independent", 0.7),
+        (DeepKNN(k=50), "independent", 0.9),  # seed 003's k-NN reads an extractor not trained on the poisons
         (DeepKNN(k=50), "victim", 0.6),
     ],
-    ids=["spectral", "activation_clustering", "knn-clean-features", "knn-victim-features"],
+    ids=[
+        "spectral-victim-features",
+        "spectral-independent-features",
+        "activation_clustering-victim-features",
+        "activation_clustering-independent-features",
+        "knn-independent-features",
+        "knn-victim-features",
+    ],
 )
-def test_detectors_rank_badnets_poisons_above_clean_rows(backdoored, detector, model, floor):
-    _, poisoned, victim, clean = backdoored
-    run = victim if model == "victim" else clean
+def test_detectors_rank_badnets_poisons_above_clean_rows(backdoored, independent, detector, model, floor):
+    """AUROC of the 54 BadNets poisons (5%, all labelled 0) against a random ranking's 0.5.
+
+    Features of the victim (trained on the released set) or of the independent extractor. Measured AUROC,
+    victim / independent: spectral 0.78 / 0.85, activation clustering 0.79 / 0.84, Deep k-NN 0.67 / 0.98
+    (independent extractors of other seeds: spectral 0.78-0.94, clustering 0.76-0.95, k-NN 0.98-0.99).
+    Negated scores fall below 0.5; spectral scores without the class centring give 0.11 on the independent
+    features, clustering that suspects the larger cluster and k-NN votes counted the other way round fall
+    below 0.5 too.
+    """
+    _, poisoned, victim, _ = backdoored
+    run = victim if model == "victim" else independent
     scores = detector.scores(poisoned.data, run, generator=torch.Generator().manual_seed(0))
     assert scores.shape == (len(poisoned.data),) and np.isfinite(scores).all()
     assert roc_auc_score(poisoned.is_poisoned.numpy(), scores) > floor
     again = detector.scores(poisoned.data, run, generator=torch.Generator().manual_seed(0))
     assert np.array_equal(scores, again)
+
+
+def test_knn_k_reference_set_holds_fewer_poisons_than_a_random_draw(backdoored, independent):
+    """k-NN(K) (seed 003 appendix B; k = the rows per class, 108) on the independent extractor's features.
+
+    A random draw of K = 50 rows per class would hold 3.4% poisons (the 54 poisons are a third of class
+    0); k-NN(K) keeps none (measured 0/500 for extractor seeds 1-3 and two poison draws); keeping the least
+    confident rows instead holds 10% (all 50 rows of class 0 are poisons).
+    """
+    from poisonlab.detection import KNNK
+    from poisonlab.detection.spectral import penultimate
+    from poisonlab.purification import reference_quality, select_reference
+
+    _, poisoned, _, _ = backdoored
+    data, is_poison = poisoned.data, poisoned.is_poisoned
+    detector = KNNK(per_class=50)
+    assert detector.neighbours(len(data), data.num_classes) == round(len(data) / 10)
+    features = penultimate(independent, data)
+    ref = select_reference(detector, data, features=features, generator=torch.Generator().manual_seed(0))
+    counts = torch.bincount(data.y, minlength=10).double()
+    poisons = torch.bincount(data.y[is_poison], minlength=10).double()
+    kept = counts.clamp(max=50)
+    random_share = float((kept * poisons / counts).sum() / kept.sum())  # expected share of a random draw
+    quality = reference_quality(ref, is_poison)
+    assert torch.equal(torch.bincount(data.y[ref], minlength=10).double(), kept)
+    assert random_share > 0.03
+    assert quality["poisons"] / quality["size"] < 0.25 * random_share, quality
 
 
 def test_activation_clustering_is_seeded_and_reads_features(backdoored):
@@ -159,6 +215,12 @@ def test_knn_votes_count_each_point_among_its_own_neighbours():
 
 
 def test_strip_separates_triggered_inputs_and_meets_the_frr(split, backdoored):
+    """STRIP on the BadNets victim, triggered inputs against clean ones (a random ranking: AUROC 0.5).
+
+    Measured: mean entropy 0.31 clean vs 0.02 triggered, AUROC 0.999, FAR 0.3% at a held-out FRR of 2.7%
+    (boundary fitted for 5%). Negated entropy, the boundary on the wrong side and inputs scored without
+    the overlays all fail (mutations).
+    """
     _, test_set = split
     attack, poisoned, victim, _ = backdoored
     strip = Strip(num_overlays=32, frr=0.05)
@@ -174,17 +236,41 @@ def test_strip_separates_triggered_inputs_and_meets_the_frr(split, backdoored):
     assert boundary_for_frr(np.arange(100.0), 0.0) == 0.0 and boundary_for_frr(np.arange(100.0), 0.1) == 9.5
 
 
-def test_fine_pruning_removes_most_of_the_backdoor_within_the_cutoff(split, backdoored):
+# the loop's parameters of the fine-pruning tests: target_success does not matter to the defender's rule
+# (stop: accuracy); at 0.97 a rule that read the trigger would stop at the second step
+FINE_PRUNING = dict(
+    step=0.1, finetune_epochs=5, lr=0.02, batch_size=16, max_accuracy_drop=0.04, target_success=0.97
+)
+
+
+@pytest.fixture(scope="module")
+def defender_rows(split):
+    """The defender's 420 clean rows (the first of the test split) and the 299 rows nobody trains on."""
     _, test_set = split
+    return test_set.subset(torch.arange(420)), test_set.subset(torch.arange(420, len(test_set)))
+
+
+@pytest.fixture(scope="module")
+def fine_pruned(backdoored, defender_rows):
+    """Fine-pruning of the BadNets victim with the defender's stop rule (accuracy cutoff or max_pruned)."""
     attack, poisoned, victim, _ = backdoored
-    goal = poisoned.goals[0]
-    defender, held = test_set.subset(torch.arange(420)), test_set.subset(torch.arange(420, len(test_set)))
-    defense = FinePruning(step=0.1, finetune_epochs=5, lr=0.02, batch_size=16, max_accuracy_drop=0.04)
+    defender, _ = defender_rows
+    defense = FinePruning(**FINE_PRUNING)
     before_state = {k: v.clone() for k, v in victim.model.state_dict().items()}
-    repair = defense.repair(
-        victim.model, defender, triggered=attack.triggered(defender, goal).x, target=0, seed=0
-    )
+    triggered = attack.triggered(defender, poisoned.goals[0]).x
+    repair = defense.repair(victim.model, defender, triggered=triggered, target=0, seed=0)
     assert all(torch.equal(v, before_state[k]) for k, v in victim.model.state_dict().items())  # untouched
+    return defense, repair
+
+
+def test_fine_pruning_removes_most_of_the_backdoor_within_the_cutoff(backdoored, defender_rows, fine_pruned):
+    """Against no defense, on the 299 held-out rows: ASR 100% -> 26% (10 steps, 60 of 64 channels pruned),
+    clean accuracy 97.7% -> 90.6%. Without the fine-tuning (a no-op repair) the ASR stays at 100%."""
+    attack, poisoned, victim, _ = backdoored
+    _, held = defender_rows
+    defense, repair = fine_pruned
+    goal = poisoned.goals[0]
+    assert defense.oracle() is None  # the defender's rule reads no trigger
     kept = repair.steps[repair.info["kept_step"]]
     assert kept["clean_accuracy"] >= repair.info["cutoff"]  # the loop's own cutoff, on its held-out rows
     before = attack.evaluate(victim.model, held, goal)["success_rate"]
@@ -193,6 +279,41 @@ def test_fine_pruning_removes_most_of_the_backdoor_within_the_cutoff(split, back
     # the cutoff holds on the loop's own 126 validation rows; on 299 unseen rows the loss is larger
     assert accuracy(victim.model, held) - accuracy(repair.model, held) < 0.1
     assert kept["pruned"] > 0 and (repair.model.body[3][1].mask == 0).sum() == kept["pruned"]
+
+
+def test_fine_pruning_prunes_the_dormant_channels_first(backdoored, defender_rows):
+    """Pruning alone (no fine-tuning), the defender's rule at 5% steps and a 4-point cutoff.
+
+    The channels least active on clean rows carry little of the clean accuracy: 39 of the 64 go before the
+    cutoff stops the loop (held-out accuracy 97.7% -> 94.0%), where pruning the most active first hits the
+    cutoff at 12 (9 kept); random orders keep 15-36 (4 draws). Measured too: pruning alone leaves the ASR
+    at 100% on this model, whose backdoor lives in its *active* channels (the 40 most active, pruned
+    unrepaired, take it to 4%); the fine-tuning in the test above is what removes it.
+    """
+    _, _, victim, _ = backdoored
+    defender, held = defender_rows
+    repair = FinePruning(step=0.05, finetune_epochs=0, max_accuracy_drop=0.04).repair(victim.model, defender)
+    kept, last = repair.steps[repair.info["kept_step"]], repair.steps[-1]
+    assert kept["pruned"] >= 0.5 * repair.info["channels"]
+    assert last["clean_accuracy"] < repair.info["cutoff"] and last["pruned"] < 60  # stopped by the cutoff
+    assert (repair.model.body[3][1].mask == 0).sum() == kept["pruned"]
+    assert accuracy(victim.model, held) - accuracy(repair.model, held) < 0.07
+
+
+def test_fine_pruning_oracle_stop_reads_the_trigger_and_stops_earlier(backdoored, defender_rows, fine_pruned):
+    """Seed 004's trigger-aware loop is the same loop stopped once the trigger's success on the loop's rows
+    falls below target_success: here at step 2 (96%) of the defender's 10."""
+    attack, poisoned, victim, _ = backdoored
+    defender, _ = defender_rows
+    _, repair = fine_pruned
+    oracle = FinePruning(**FINE_PRUNING, stop="oracle_success")
+    assert isinstance(oracle.oracle(), str) and "trigger" in oracle.oracle()
+    triggered = attack.triggered(defender, poisoned.goals[0]).x
+    early = oracle.repair(victim.model, defender, triggered=triggered, target=0, seed=0)
+    n = len(early.steps)
+    assert n < len(repair.steps)
+    assert early.steps == repair.steps[:n]  # the same steps up to the oracle's stop
+    assert early.steps[-1]["attack_success"] < 0.97 <= min(s["attack_success"] for s in early.steps[:-1])
 
 
 @pytest.mark.parametrize("model_name", ["cnn", "resnet18"])
@@ -214,32 +335,3 @@ def test_the_last_conv_layer_is_found_and_masked(digits_split, model_name):
             build_model("resnet18", train_set.input_shape, 10, seed=0, width=8), train_set.subset(range(200))
         )
         assert [s["pruned"] for s in repair.steps] == [0, 16, 32, 48, 60]  # up to max_pruned of 64
-
-
-def test_sleeper_agent_perturbs_target_rows_within_eps_and_keeps_labels(split):
-    train_set, test_set = split
-    attack = SleeperAgent(
-        target=0,
-        source=1,
-        count=12,
-        eps=16 / 255,
-        patch_size=3,
-        steps=8,
-        retrain_every=4,
-        surrogate_epochs=3,
-        surrogate_batch_size=128,
-    )
-    poisoned = attack.craft(train_set, generator=torch.Generator().manual_seed(0))
-    idx = poisoned.poison_idx
-    assert len(idx) == 12 and (train_set.y[idx] == 0).all()
-    assert torch.equal(poisoned.data.y, train_set.y)  # clean label
-    delta = (poisoned.data.x - train_set.x).abs().flatten(1).amax(1)
-    assert (
-        delta.max() <= 16 / 255 + 1e-6
-        and (delta[idx] > 0).all()
-        and (delta[~poisoned.is_poisoned] == 0).all()
-    )
-    loss = poisoned.goals[0].params["matching_loss"]
-    assert 0 <= loss["min"] <= loss["first"] <= 2
-    trig = attack.triggered(test_set, poisoned.goals[0])
-    assert len(trig) == int((test_set.y == 1).sum())  # success is measured on the source class

@@ -5,8 +5,9 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
 from poisonlab.attacks import TargetedLabelFlip
-from poisonlab.detection import influence, self_influence, summed_influence
+from poisonlab.detection import TracInSelf, influence, self_influence, summed_influence
 from poisonlab.detection.influence import TracInCP, parameter_names
+from poisonlab.detection.tracin import TracInTest
 from poisonlab.errors import ConfigError
 from poisonlab.models import build_model
 from poisonlab.training import TrainConfig, train
@@ -165,20 +166,65 @@ def test_top_k_proponents_and_opponents(tiny_run):
         assert (top["opponent_scores"][j] <= top["proponent_scores"][j].min()).all()
 
 
-def test_self_influence_ranks_targeted_flips_on_digits(digits_split):
-    train_set, _ = digits_split
+@pytest.fixture(scope="module")
+def flipped(digits_split):
+    """Digits (1347 training rows), 20% of the training 3s relabelled 9 (27 flips), a CNN trained on the
+    released set with 5 checkpoints (epochs 4, 8, ..., 20)."""
+    train_set, test_set = digits_split
     poisoned = TargetedLabelFlip(source=3, target=9, fraction=0.2).craft(
         train_set, generator=torch.Generator().manual_seed(0)
     )
     model = build_model("cnn", train_set.input_shape, 10, seed=0)
     config = TrainConfig(lr=0.05, epochs=20, batch_size=32, milestones=(15,), checkpoint_every=4)
-    run = train(model, poisoned.data, config, seed=0)
-    scores = self_influence(run.model, run.checkpoints, poisoned.data).numpy()
-    auroc = roc_auc_score(poisoned.is_poisoned.numpy(), scores)
-    assert auroc >= 0.95, auroc
-    # the median poison scores far above the median clean row
+    return poisoned, train(model, poisoned.data, config, seed=0), test_set
+
+
+def test_self_influence_ranks_targeted_flips_on_digits(flipped):
+    """tracin_self against a random ranking (AUROC 0.5; a random 10% of the rows holds 10% of the flips).
+
+    Measured: AUROC 0.965, all 27 flips among the 10% highest scores (precision at the budget of 27 is only
+    0.15: clean rows misfit at the first checkpoint come first). Negated scores give AUROC 0.035, a constant
+    0.5, so the bounds fail for a reversed or no-op score.
+    """
+    poisoned, run, _ = flipped
     is_poison = poisoned.is_poisoned.numpy()
+    scores = TracInSelf().scores(poisoned.data, run)
+    assert np.array_equal(scores, self_influence(run.model, run.checkpoints, poisoned.data).numpy())
+    auroc = roc_auc_score(is_poison, scores)
+    assert auroc >= 0.9, auroc
+    top = np.argsort(-scores, kind="stable")[: len(scores) // 10]
+    assert is_poison[top].sum() >= 0.8 * is_poison.sum()  # a random 10% of the rows holds 10% of the flips
+    # the median poison scores far above the median clean row
     assert np.median(scores[is_poison]) > 100 * np.median(scores[~is_poison])
+
+
+def test_test_influence_sign_option_on_digits(flipped):
+    """Seed 000's Algorithm 1 with 100 points drawn from the *test* split (three draws).
+
+    A flipped 3 (labelled 9) is an opponent of the test 3s, so ``sign: negative`` ranks the flips high
+    and ``positive`` (Algorithm 1 as written) ranks them low, far from a random ranking's AUROC 0.5;
+    ``absolute`` is the magnitude. Measured AUROC of ``negative`` for draws 0, 1, 2: 0.999, 0.895, 0.981
+    (``positive`` = 1 - that), of ``absolute`` 0.98, 0.93, 0.92. Ignoring the sign option fails either the
+    negative or the positive bound.
+    """
+    poisoned, run, test_set = flipped
+    is_poison = poisoned.is_poisoned.numpy()
+    for draw in range(3):
+        negative, positive, absolute = (
+            TracInTest(num_test=100, sign=sign).scores(
+                poisoned.data, run, test=test_set, generator=torch.Generator().manual_seed(draw)
+            )
+            for sign in ("negative", "positive", "absolute")
+        )
+        if draw == 0:  # the detector sums TracInCP over 100 test rows drawn from the trial's seed
+            pick = torch.randperm(len(test_set), generator=torch.Generator().manual_seed(0))[:100]
+            expected = summed_influence(run.model, run.checkpoints, poisoned.data, test_set.subset(pick))
+            np.testing.assert_allclose(positive, expected.numpy(), rtol=1e-5, atol=1e-6)
+        assert roc_auc_score(is_poison, negative) > 0.8, draw
+        assert roc_auc_score(is_poison, positive) < 0.2, draw
+        np.testing.assert_array_equal(negative, -positive)
+        np.testing.assert_array_equal(absolute, np.abs(positive))
+        assert roc_auc_score(is_poison, absolute) > 0.7, draw
 
 
 def test_scores_equal_captums(tiny_run):
