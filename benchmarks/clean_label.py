@@ -194,7 +194,8 @@ def beta_sweep(args) -> None:
         for c, img in enumerate(images):
             ax = fig.add_subplot(len(pictures), len(images), r * len(images) + c + 1)
             ax.imshow(img.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray", vmin=0, vmax=1)
-            ax.set_title("target" if c == 0 else f"poison: {label[:28]}", fontsize=6)
+            if c < 2:  # the row's variant once, left-aligned over its first poison
+                ax.set_title("target" if c == 0 else label, fontsize=7, loc="left")
             ax.axis("off")
     fig.savefig(HERE / "results" / "feature_collision_beta.png", dpi=70)
     text = "\n".join(lines) + "\n"

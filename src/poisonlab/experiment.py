@@ -270,7 +270,8 @@ class TrialArtifacts:
 
     poisoned: PoisonedDataset
     goal_ids: list[str]
-    run: TrainRun
+    run: TrainRun  # the model the detectors read (detect_with)
+    history: list[dict] = field(default_factory=list)  # the victim's training history
     scores: dict[str, np.ndarray] = field(default_factory=dict)
     thresholds: dict[str, float] = field(default_factory=dict)
     backdoors: dict[str, dict[str, Any]] = field(default_factory=dict)  # trigger and triggered examples
@@ -437,7 +438,7 @@ def run_trial(
     t0 = time.perf_counter()
     run = _detection_run(config, poisoned.data, victim, twin, fit, holdout, seed)
     timings["detection_model"] = time.perf_counter() - t0
-    artifacts = TrialArtifacts(poisoned, goal_ids, run)
+    artifacts = TrialArtifacts(poisoned, goal_ids, run, history=victim.history)
     is_poison = poisoned.is_poisoned.numpy()
     for ident, detector in detectors:
         t0 = time.perf_counter()
@@ -659,7 +660,7 @@ def run_experiment(config: ExperimentConfig, *, progress: bool = False) -> Exper
         "metrics_std": std,
         "metrics_se": se,
         "per_trial": per_trial,
-        "history": first.run.history,
+        "history": first.history,
         **({"defenses": first.defenses} if first.defenses else {}),
         "timings": timings,
         "oracles": oracles,
