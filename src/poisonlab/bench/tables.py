@@ -26,12 +26,25 @@ DEFAULT_TABLES = (
     ("Victim clean accuracy", "victim.clean_accuracy"),
     ("Accuracy drop (clean model - victim)", "attack.accuracy_drop"),
     ("Attack success rate", "attack.{attack}.success_rate"),
+    ("Net attack success rate (victim minus its clean twin)", "attack.{attack}.net_success_rate"),
+    ("Targeted success (target gets the adversarial label)", "attack.{attack}.success"),
+    ("Net targeted success (victim minus its clean twin)", "attack.{attack}.net_success"),
     ("Detection AUROC", "detection.{detector}.auroc"),
+    ("Detected poisons with 1% of the rows flagged", "detection.{detector}.recall_at_1pct"),
+    ("Detected poisons at the threshold", "detection.{detector}.recall"),
+    ("Share of rows flagged at the threshold", "detection.{detector}.flagged_fraction"),
     ("Detected poisons at the budget", "detection.{detector}.recall_at_budget"),
     ("Defense: attack success after repair", "defense.{defense}.attack_success"),
+    ("Defense: net attack success after repair", "defense.{defense}.net_attack_success"),
     ("Defense: clean accuracy after repair", "defense.{defense}.clean_accuracy"),
     ("Purification: test accuracy after retraining", "purification.{purifier}.clean_accuracy"),
     ("Purification: attack success after retraining", "purification.{purifier}.{attack}.success_rate"),
+    (
+        "Purification: net attack success after retraining",
+        "purification.{purifier}.{attack}.net_success_rate",
+    ),
+    ("Purification: targeted success after retraining", "purification.{purifier}.{attack}.success"),
+    ("Purification: net targeted success after retraining", "purification.{purifier}.{attack}.net_success"),
 )
 
 NO_DATA = "No stored trial has this metric yet."
