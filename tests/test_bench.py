@@ -288,20 +288,25 @@ def test_a_second_driver_on_the_same_database_is_refused(tmp_path):
 # ---------------------------------------------------------------- running
 
 
-def test_bench_cli_inline_records_failures_and_goes_on(tmp_path, capsys):
+def test_bench_cli_inline_records_failures_and_goes_on(tmp_path, capsys, monkeypatch):
+    import poisonlab.experiment
+
     raw = tiny_matrix(trials=1)
     raw["axes"]["fraction"] = {
         "key": "attacks[0]",
         "values": [
             {"name": "label_flip_random", "fraction": 0.05},
-            {
-                "name": "label_flip_targeted",
-                "source": 3,
-                "target": 9,
-                "count": 5000,
-            },  # valid, fails when crafting
+            {"name": "label_flip_targeted", "source": 3, "target": 9, "count": 50},  # fails when run (below)
         ],
     }
+    run_trial = poisonlab.experiment.run_trial
+
+    def failing(config, *args, **kwargs):  # an error no check before the run can see
+        if config.attacks[0]["name"] == "label_flip_targeted":
+            raise ConfigError("label_flip_targeted: 5000 rows asked at run time")
+        return run_trial(config, *args, **kwargs)
+
+    monkeypatch.setattr(poisonlab.experiment, "run_trial", failing)
     path = tmp_path / "m.yaml"
     path.write_text(yaml.safe_dump(raw))
     db = tmp_path / "run" / "results.db"

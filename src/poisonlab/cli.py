@@ -7,10 +7,12 @@ import json
 import math
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 from poisonlab.errors import PoisonlabError
+from poisonlab.results import check_output_dir, write_atomic
+
+__all__ = ["build_parser", "main", "write_atomic"]
 
 
 def _json_default(value):
@@ -30,36 +32,34 @@ def _clean_floats(obj):
     return obj
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def cmd_run(args) -> int:
-    from poisonlab.experiment import load_config, report_figures, report_views, run_experiment
+    from poisonlab.experiment import (
+        check_data,
+        load_config,
+        load_splits,
+        report_figures,
+        report_views,
+        run_experiment,
+    )
     from poisonlab.report import render_report
 
     if args.data_root:
         os.environ["POISONLAB_DATA"] = str(args.data_root)
     if args.threads is not None:
-        if args.threads < 1:
-            raise PoisonlabError(f"--threads must be at least 1, got {args.threads}")
+        from poisonlab.bench.executors import check_threads
+
+        check_threads(args.threads)
         import torch
 
         torch.set_num_threads(args.threads)
     config = load_config(args.config, seed=args.seed, trials=args.trials)
     out = Path(args.out) if args.out else Path("runs") / config.name
+    check_output_dir(out, "--out", files=("results.json", "report.html"))
+    splits = load_splits(config.data, config.seed)
+    check_data(config, *splits)  # every data-dependent value, before any training
     progress = not args.quiet and sys.stderr.isatty()
     print(f"poisonlab: running {config.name!r} ({config.trials} trial(s)) -> {out}", file=sys.stderr)
-    result = run_experiment(config, progress=progress)
+    result = run_experiment(config, progress=progress, splits=splits)
     results = _clean_floats(result.results)
     views = report_views(result, config.report_top_k)
     html = render_report(results, views, history=results.get("history"), extra_figures=report_figures(result))
@@ -104,22 +104,32 @@ def _raise_terminated(signum, frame):
 def cmd_bench(args) -> int:
     import signal
 
-    from poisonlab.bench import load_matrix, run_bench, write_outputs
+    from poisonlab.bench import check_matrix_data, load_matrix, run_bench, write_outputs
+    from poisonlab.bench.executors import check_executor_options
+    from poisonlab.bench.output import OUTPUT_FILES, OUTPUT_FOLDERS
+    from poisonlab.bench.store import check_database
 
     data_root = args.data_root or os.environ.get("POISONLAB_DATA")
     if args.data_root:
         os.environ["POISONLAB_DATA"] = str(args.data_root)
     if args.trials is not None and args.trials < 1:
         raise PoisonlabError(f"--trials must be at least 1, got {args.trials}")
+    check_executor_options(
+        args.executor, args.workers, args.threads, args.cpus_per_trial, args.gpus_per_trial
+    )  # before any file is touched
     matrix = load_matrix(args.matrix, trials=args.trials)  # every cell validated before anything runs
     db = Path(args.db) if args.db else Path("runs") / matrix.name / "results.db"
     out = Path(args.out) if args.out else db.parent
+    check_matrix_data(matrix, devices=args.executor != "ray")  # every cell against its data (and devices)
     if args.dry_run:
         for cell in matrix.cells:
             print(f"  {cell.cell_id}  {cell.config.trials} trial(s)  {cell.label}")
         count = f"{len(matrix.cells)} valid cell(s), {matrix.trial_count()} trial(s)"
         print(f"poisonlab: {count}", file=sys.stderr)
         return 0
+    check_database(db)
+    if not args.no_report:
+        check_output_dir(out, "--out", files=OUTPUT_FILES, folders=OUTPUT_FOLDERS)
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         summary = run_bench(
@@ -144,7 +154,10 @@ def cmd_bench(args) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     if not args.no_report:
-        paths = write_outputs(db, out, matrix.name)
+        warnings: list[str] = []
+        paths = write_outputs(db, out, matrix.name, warnings=warnings)
+        for warning in warnings:
+            print(f"poisonlab: warning: {warning}", file=sys.stderr)
         print(f"poisonlab: wrote {paths[0]} and {paths[1]}", file=sys.stderr)
     print(
         f"poisonlab: {summary.ran} trial(s) run in {summary.elapsed:.1f}s, {summary.failed} failed; "
@@ -157,16 +170,26 @@ def cmd_bench(args) -> int:
 def cmd_report(args) -> int:
     from poisonlab.bench import write_outputs
 
-    paths = write_outputs(args.db, args.out, args.matrix)
+    warnings: list[str] = []
+    paths = write_outputs(args.db, args.out, args.matrix, warnings=warnings)
     if not args.quiet:
         print(Path(paths[1]).read_text())
+    for warning in warnings:
+        print(f"poisonlab: warning: {warning}", file=sys.stderr)
     print(f"poisonlab: wrote {paths[0]}, {paths[1]} and {len(paths) - 2} CSV file(s)", file=sys.stderr)
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (exit 2), like every other bad input."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="poisonlab", description="Training-data poisoning experiments.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="poisonlab", description="Training-data poisoning experiments.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="run an experiment config (default: the bundled digits demo)")
     run.add_argument("config", nargs="?", help="YAML experiment config")
     run.add_argument("--out", help="output folder (default: runs/NAME)")

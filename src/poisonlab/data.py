@@ -7,11 +7,14 @@ naming the file and the problem; nothing is ever loaded with pickle.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import re
+import warnings
 import zipfile
 import zlib
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +33,7 @@ __all__ = [
     "load_image_folder",
     "load_mnist",
     "load_npz",
+    "open_image",
     "stratified_subset",
     "train_test_split",
 ]
@@ -225,15 +229,36 @@ def load_digits(name: str = "digits") -> Dataset:
 # MNIST (IDX files)
 
 
-def _read_bytes(path: Path) -> bytes:
-    """The file's bytes, gunzipped when its name ends in .gz; any failure is a DataError naming the file."""
+GZ_MAX_BYTES = 2**32  # never more than this is decompressed from one .gz data file
+MAX_IMAGE_PIXELS = 2**26  # larger images (about 8000 x 8000) are refused before they are decoded
+_CHUNK = 2**20
+
+
+def _open(path: Path):
+    """The file opened for binary reading: gunzipped (streaming) when its name ends in .gz."""
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def _read_at_most(f, limit: int) -> bytearray:
+    """Up to ``limit`` bytes of ``f``, read in chunks (a gzip stream never inflates past the limit)."""
+    out = bytearray()
+    while len(out) < limit:
+        chunk = f.read(min(_CHUNK, limit - len(out)))
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
+def _reading(path: Path, read):
+    """``read(file)`` on the opened file; any failure is a DataError naming the file."""
     path = Path(path)
     gz = path.suffix == ".gz"
     try:
-        if gz:
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
+        with _open(path) as f:
+            return read(f)
+    except DataError:
+        raise
     except FileNotFoundError as exc:
         raise _fail(path, "file not found") from exc
     except (OSError, EOFError, zlib.error) as exc:
@@ -242,37 +267,90 @@ def _read_bytes(path: Path) -> bytes:
         raise _fail(path, f"cannot read file ({type(exc).__name__}: {exc})") from exc
 
 
-def _idx_header(buf: bytes, path: Path, magic: int, ndims: int) -> tuple[int, ...]:
+def _read_bytes(path: Path, limit: int = GZ_MAX_BYTES) -> bytearray:
+    """The file's bytes, gunzipped when its name ends in .gz; more than ``limit`` of them is a DataError."""
+    path = Path(path)
+
+    def read(f):
+        if path.suffix != ".gz":  # the size is known: refuse before reading
+            size = os.fstat(f.fileno()).st_size
+            available = _available_memory()
+            if size > limit:
+                raise _fail(path, f"{size} bytes: too large to load (at most {limit} are read from one file)")
+            if available is not None and 5 * size > available:
+                raise _fail(path, f"{size} bytes: too large to load in the {available} bytes of free memory")
+        buf = _read_at_most(f, limit + 1)
+        if len(buf) > limit:
+            raise _fail(path, f"holds more than {limit} bytes, the most poisonlab reads from one data file")
+        return buf
+
+    return _reading(path, read)
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available to this process (Linux MemAvailable), or None when unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _read_idx(path: Path, magic: int, ndims: int) -> tuple[tuple[int, ...], bytearray]:
+    """(dims, data bytes) of an IDX file; the header is checked against the file and the memory before the
+    data is read, and a .gz file is never inflated past the size its header announces."""
+    path = Path(path)
     header = 4 + 4 * ndims
-    if len(buf) < header:
-        raise _fail(path, f"truncated: expected at least {header} header bytes, found {len(buf)}")
-    found = int.from_bytes(buf[:4], "big")
-    if found != magic:
-        kind = "images" if magic == _IDX_IMAGES_MAGIC else "labels"
-        raise _fail(path, f"bad magic number {found} (expected {magic} for an IDX {kind} file)")
-    dims = tuple(int.from_bytes(buf[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndims))
-    expected = int(np.prod(dims, dtype=np.int64))
-    present = len(buf) - header
-    if present < expected:
-        raise _fail(path, f"truncated: expected {expected} bytes, found {present}")
-    if present > expected:
-        raise _fail(path, f"{present - expected} unexpected trailing bytes after {expected} bytes of data")
-    return dims
+    kind = "images" if magic == _IDX_IMAGES_MAGIC else "labels"
+
+    def read(f):
+        head = _read_at_most(f, header)
+        if len(head) < header:
+            raise _fail(path, f"truncated: expected at least {header} header bytes, found {len(head)}")
+        found = int.from_bytes(head[:4], "big")
+        if found != magic:
+            raise _fail(path, f"bad magic number {found} (expected {magic} for an IDX {kind} file)")
+        dims = tuple(int.from_bytes(head[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndims))
+        expected = math.prod(dims)  # Python ints: no overflow
+        if path.suffix != ".gz":
+            present = os.fstat(f.fileno()).st_size - header
+            if present < expected:
+                raise _fail(path, f"truncated: expected {expected} bytes, found {present}")
+            if present > expected:
+                extra = present - expected
+                raise _fail(path, f"{extra} unexpected trailing bytes after {expected} bytes of data")
+        elif expected > GZ_MAX_BYTES:
+            shape = " x ".join(str(d) for d in dims)
+            cap = GZ_MAX_BYTES
+            raise _fail(path, f"header announces {shape} = {expected} bytes; at most {cap} are read from .gz")
+        need = expected * (5 if magic == _IDX_IMAGES_MAGIC else 9)  # the bytes, then float32 / int64 tensors
+        available = _available_memory()
+        if available is not None and need > available:
+            raise _fail(path, f"loading {expected} bytes of data needs ~{need / 2**30:.1f} GiB of memory, "
+                        f"{available / 2**30:.1f} GiB available")  # fmt: skip
+        body = _read_at_most(f, expected + 1)
+        if len(body) < expected:
+            raise _fail(path, f"truncated: expected {expected} bytes, found {len(body)}")
+        if len(body) > expected:
+            raise _fail(path, f"unexpected trailing bytes after {expected} bytes of data")
+        return dims, body
+
+    return _reading(path, read)
 
 
 def _read_idx_images(path: Path) -> torch.Tensor:
-    buf = _read_bytes(path)
-    n, rows, cols = _idx_header(buf, path, _IDX_IMAGES_MAGIC, 3)
+    (n, rows, cols), buf = _read_idx(path, _IDX_IMAGES_MAGIC, 3)
     if n == 0 or rows == 0 or cols == 0:
         raise _fail(path, f"empty IDX images file ({n} images of {rows}x{cols})")
-    arr = np.frombuffer(buf, dtype=np.uint8, count=n * rows * cols, offset=16)
+    arr = np.frombuffer(buf, dtype=np.uint8, count=n * rows * cols)
     return _from_uint8(arr.reshape(n, 1, rows, cols))
 
 
 def _read_idx_labels(path: Path, num_classes: int) -> torch.Tensor:
-    buf = _read_bytes(path)
-    (n,) = _idx_header(buf, path, _IDX_LABELS_MAGIC, 1)
-    labels = np.frombuffer(buf, dtype=np.uint8, count=n, offset=8)
+    (n,), buf = _read_idx(path, _IDX_LABELS_MAGIC, 1)
+    labels = np.frombuffer(buf, dtype=np.uint8, count=n)
     bad = np.flatnonzero(labels >= num_classes)
     if bad.size:
         i = int(bad[0])
@@ -416,29 +494,55 @@ def load_cifar10(root, split: str = "train") -> Dataset:
 # Image folder
 
 
+@contextmanager
+def open_image(path, what: str = "image", max_pixels: int = MAX_IMAGE_PIXELS):
+    """The image at ``path``, opened and decoded by PIL (``with open_image(p) as img``): every image poisonlab
+    reads goes through here. A missing, corrupt or undecodable file, or one larger than ``max_pixels``
+    (checked from its header, before decoding), is a one-line DataError naming the file."""
+    from PIL import Image
+
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():  # PIL's own bomb check is replaced by the size check below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            pil_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                img = Image.open(path)
+            finally:
+                Image.MAX_IMAGE_PIXELS = pil_limit
+        with img:
+            width, height = img.size
+            if width * height > max_pixels:
+                raise _fail(path, f"{what} is {width}x{height} pixels, more than the {max_pixels} allowed")
+            img.load()
+            yield img
+    except DataError:
+        raise
+    except FileNotFoundError as exc:
+        raise _fail(path, f"{what} file not found") from exc
+    except Exception as exc:  # noqa: BLE001 - PIL raises many kinds on a corrupt, hostile or huge file
+        raise _fail(path, f"cannot decode {what} ({type(exc).__name__}: {exc})") from exc
+
+
 def _decode_image(path: Path, grayscale: bool | None, size: tuple[int, int] | None) -> np.ndarray:
     """One image as float32 (H, W, C) in [0, 1]; C is 1 for grey sources when ``grayscale`` is None."""
     from PIL import Image
 
     bilinear = getattr(Image, "Resampling", Image).BILINEAR
-    try:
-        with Image.open(path) as img:
-            img.load()
-            mode = img.mode
-            sixteen = mode.startswith("I")
-            if sixteen:
-                img = img.convert("F")
-                scale = 65535.0
-            else:
-                grey_src = mode in ("1", "L", "LA", "I", "F")
-                grey = grayscale if grayscale is not None else grey_src
-                img = img.convert("L" if grey else "RGB")
-                scale = 255.0
-            if size is not None and img.size != (size[1], size[0]):
-                img = img.resize((size[1], size[0]), bilinear)
-            arr = np.asarray(img, dtype=np.float32)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise _fail(path, f"cannot decode image ({type(exc).__name__}: {exc})") from exc
+    with open_image(path) as img:
+        mode = img.mode
+        sixteen = mode.startswith("I")
+        if sixteen:
+            img = img.convert("F")
+            scale = 65535.0
+        else:
+            grey_src = mode in ("1", "L", "LA", "I", "F")
+            grey = grayscale if grayscale is not None else grey_src
+            img = img.convert("L" if grey else "RGB")
+            scale = 255.0
+        if size is not None and img.size != (size[1], size[0]):
+            img = img.resize((size[1], size[0]), bilinear)
+        arr = np.asarray(img, dtype=np.float32)
     if sixteen:
         if arr.size and (arr.min() < 0 or arr.max() > scale):
             raise _fail(path, f"{mode} pixel values outside 0..65535")
@@ -521,6 +625,23 @@ def _npz_images(x: np.ndarray, path: Path) -> torch.Tensor:
     return torch.from_numpy(x.astype(np.float32, copy=False))
 
 
+def _check_npz_member(npz, key: str, path: Path) -> None:
+    """The array ``key`` of an open .npz fits what its archive holds and the memory, from its header alone
+    (a forged shape would otherwise be allocated before a byte is read)."""
+    name = key + ".npy" if key + ".npy" in npz.zip.namelist() else key
+    info = npz.zip.getinfo(name)
+    fmt = np.lib.format
+    with npz.zip.open(info) as f:
+        version = fmt.read_magic(f)
+        shape, _, dtype = (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(f)
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes > info.file_size:
+        raise _fail(path, f"array {key!r} declares shape {shape} ({nbytes} bytes) but holds {info.file_size}")
+    available = _available_memory()
+    if available is not None and 5 * nbytes > available:
+        raise _fail(path, f"array {key!r} of {nbytes} bytes needs more memory than the {available} available")
+
+
 def load_npz(path) -> Dataset:
     """Arrays ``x`` ((N,H,W), (N,H,W,C) or (N,C,H,W); uint8 or float in [0, 1]) and ``y`` from an .npz file.
 
@@ -548,9 +669,13 @@ def load_npz(path) -> Dataset:
             if key not in keys:
                 raise _fail(path, f"missing array {key!r} (arrays present: {sorted(keys)})")
         try:
+            for key in keys & {"x", "y", "classes"}:
+                _check_npz_member(npz, key, path)
             x, y = npz["x"], npz["y"]
             names = npz["classes"] if "classes" in keys else None
-        except (OSError, ValueError, EOFError, zlib.error, zipfile.BadZipFile) as exc:
+        except (OSError, ValueError, EOFError, zlib.error, zipfile.BadZipFile, MemoryError) as exc:
+            if isinstance(exc, DataError):
+                raise
             raise _fail(path, f"cannot read .npz ({type(exc).__name__}: {exc})") from exc
     if x.ndim not in (3, 4):
         raise _fail(

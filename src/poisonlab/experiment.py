@@ -29,7 +29,7 @@ from poisonlab.attacks import Attack, BackdoorAttack
 from poisonlab.defenses import Defense
 from poisonlab.detection import Detector
 from poisonlab.detection.strip import InputDetector
-from poisonlab.errors import ConfigError
+from poisonlab.errors import ConfigError, PoisonlabError
 from poisonlab.metrics import aggregate, detection_metrics, is_oracle_metric, mad_threshold, standard_errors
 from poisonlab.models import MODELS, build_model
 from poisonlab.poison import PoisonedDataset
@@ -41,10 +41,21 @@ from poisonlab.training import TrainConfig, TrainRun, accuracy, train, train_hea
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
 
 
+SEED_LIMIT = 2**63  # seed + trial must stay below it: torch generators and SQLite store 64-bit integers
+
+
+def check_name(value: str, what: str = "name") -> str:
+    """A plain file name (no folder, no '..'): configs and matrices name their output folders with it."""
+    text = str(value)
+    if not text.strip() or text == "." or ".." in text or any(c in text for c in "/\\\0"):
+        raise ValueError(f"{what} {text!r} must be a plain file name (no path separator, no '..')")
+    return text
+
+
 class DataConfig(BaseModel):
     """Which data set, where, and how much of it."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: Literal["digits", "mnist", "cifar10", "folder", "npz"] = "digits"
     root: str | None = Field(None, description="folder or file; default: $POISONLAB_DATA")
@@ -62,10 +73,10 @@ class DataConfig(BaseModel):
 class ExperimentConfig(BaseModel):
     """A whole experiment; unknown keys and bad values are rejected with the key named."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    name: str = "experiment"
-    seed: int = Field(0, ge=0)
+    name: str = Field("experiment", description="a plain file name: results go to runs/NAME")
+    seed: int = Field(0, ge=0, lt=SEED_LIMIT)
     trials: int = Field(1, ge=1)
     data: DataConfig = DataConfig()
     model: str = "cnn"
@@ -114,6 +125,11 @@ class ExperimentConfig(BaseModel):
         "victim on the reference rows plus the purified rest",
     )
 
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        return check_name(value)
+
     @field_validator("model")
     @classmethod
     def _known_model(cls, value: str) -> str:
@@ -137,15 +153,48 @@ class ExperimentConfig(BaseModel):
             raise ValueError("detect_with: holdout needs data.holdout_size (clean rows held out for it)")
         if (self.detect_with == "weights") != (self.detect_weights is not None):
             raise ValueError("detect_weights goes with detect_with: weights, and only with it")
-        self.build_attacks()
-        self.build_detectors()
-        self.build_defenses()
+        if self.seed + self.trials > SEED_LIMIT:
+            raise ValueError(f"seed + trials must stay below 2^63 (seed {self.seed}, {self.trials} trial(s))")
         if self.build_purifiers() and self.build_reference() is None:
             raise ValueError("purifiers need a 'reference:' detector (e.g. {name: simulated, recall: 0.5})")
         for ident, _ in self.build_input_detectors():
             if ident.split(".")[0] in _METRIC_GROUPS:
                 raise ValueError(f"input detector id {ident!r} clashes with the metric group of that name")
+        for where, method in self.methods():
+            _check_seeds(where, method)
+        for where, schedule in self.schedules():
+            if schedule.device != "auto":
+                try:
+                    torch.device(schedule.device)
+                except (RuntimeError, TypeError) as err:
+                    raise ValueError(f"{where}.device: unknown device {schedule.device!r} ({err})") from None
         return self
+
+    def schedules(self) -> list[tuple[str, TrainConfig]]:
+        """(config location, training schedule) of the victim and of every method that trains a model."""
+        out = [("train", self.train)] + ([("head_train", self.head_train)] if self.head_train else [])
+        for where, method in self.methods():
+            for key in type(method).model_fields:
+                if isinstance(getattr(method, key), TrainConfig):
+                    out.append((f"{where}.{key}", getattr(method, key)))
+        return out
+
+    def methods(self) -> list[tuple[str, Any]]:
+        """(config location, built method) of every configured attack, detector, defense, input detector,
+        purifier and the reference detector, e.g. ('attacks[0]', TargetedLabelFlip(...))."""
+        out = []
+        for kind, built in (
+            ("attacks", self.build_attacks()),
+            ("detectors", self.build_detectors()),
+            ("defenses", self.build_defenses()),
+            ("input_detectors", self.build_input_detectors()),
+            ("purifiers", self.build_purifiers()),
+        ):
+            out += [(f"{kind}[{i}]", method) for i, (_, method) in enumerate(built)]
+        reference = self.build_reference()
+        if reference is not None:
+            out.append(("reference", reference))
+        return out
 
     def build_attacks(self) -> list[tuple[str, Attack]]:
         """(id, attack) for each configured attack, validated."""
@@ -207,18 +256,105 @@ def _build(kind: str, specs: list[dict[str, Any]]):
     return built
 
 
+def _check_seeds(where: str, method) -> None:
+    """A method's seeds fit the 64 bits torch and the results database store."""
+    for name in type(method).model_fields:
+        value = getattr(method, name)
+        if name.endswith("seed") and isinstance(value, int) and not 0 <= value < SEED_LIMIT:
+            raise ValueError(f"{where}.{name}: a seed must be in [0, 2^63), got {value}")
+
+
+def check_devices(config: ExperimentConfig) -> None:
+    """Every training schedule's device exists on this machine (``device: cuda`` without CUDA is refused
+    here, not as an assertion inside torch). Not for configs run elsewhere (Ray workers)."""
+    from poisonlab.models import resolve_device
+
+    for where, schedule in config.schedules():
+        try:
+            resolve_device(schedule.device)
+        except ConfigError as err:
+            raise ConfigError(f"{where}.device: {err}") from None
+
+
+YAML_MAX_BYTES = 8 * 2**20
+YAML_MAX_NODES = 10**6  # values of a document with its aliases expanded (a "billion laughs" has 10^9)
+
+
+def _expanded_size(node, sizes: dict[int, int]) -> int:
+    """Values under ``node`` with every alias expanded (shared nodes counted where they are used);
+    a node that contains itself is a ComposerError."""
+    key = id(node)
+    if key in sizes:
+        if sizes[key] < 0:
+            raise yaml.composer.ComposerError(None, None, "an alias refers to itself", node.start_mark)
+        return sizes[key]
+    sizes[key] = -1
+    children = node.value if isinstance(node, yaml.SequenceNode) else []
+    if isinstance(node, yaml.MappingNode):
+        children = [part for pair in node.value for part in pair]
+    total = 1
+    for child in children:
+        total += _expanded_size(child, sizes)
+        if total > YAML_MAX_NODES:
+            break
+    sizes[key] = total
+    return total
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (YAML would keep the last silently), an
+    alias that refers to itself and a document whose aliases expand to more than ``YAML_MAX_NODES`` values."""
+
+    def get_single_node(self):
+        node = super().get_single_node()
+        if node is not None and _expanded_size(node, {}) > YAML_MAX_NODES:
+            raise yaml.composer.ComposerError(
+                None, None, f"its aliases expand to more than {YAML_MAX_NODES} values", node.start_mark
+            )
+        return node
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # '<<' merges may be overridden
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: the base class reports it
+                    continue
+                if first is not None:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} given twice (lines {first} and {line})", key_node.start_mark
+                    )
+                seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: Path, what: str = "config") -> Any:
-    """Parse a YAML file safely; a missing, unreadable or malformed file is a one-line ConfigError."""
+    """Parse a YAML file safely (a key given twice is an error); a missing, unreadable or malformed file is a
+    one-line ConfigError naming the line."""
     try:
-        return yaml.safe_load(path.read_text())
+        with open(path, "rb") as f:
+            raw = f.read(YAML_MAX_BYTES + 1)
+        if len(raw) > YAML_MAX_BYTES:
+            raise ConfigError(f"{path}: larger than {YAML_MAX_BYTES // 2**20} MiB: not a {what} file")
+        return yaml.load(raw.decode("utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except FileNotFoundError:
         raise ConfigError(f"{path}: {what} file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: {what} is a folder, not a file") from None
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: cannot read {what}: {err}") from None
     except yaml.YAMLError as err:
         where = getattr(err, "problem_mark", None)
         line = f" at line {where.line + 1}" if where else ""
-        raise ConfigError(f"{path}: not valid YAML{line}") from None
+        problem = " ".join(str(getattr(err, "problem", None) or "").split())
+        raise ConfigError(f"{path}: not valid YAML{line}" + (f": {problem}" if problem else "")) from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
 
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> ExperimentConfig:
@@ -236,16 +372,31 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> ExperimentC
         raise ConfigError(f"{path}: {format_validation_error(err)}") from None
 
 
-def load_splits(config: DataConfig, seed: int = 0):
-    """(train, test, holdout) for a data config; sets without a test split are split stratified by ``seed``;
-    ``holdout`` (None unless ``holdout_size``) is drawn from the training split before its subset, so it
-    shares no row with ``train``."""
+def load_data(config: DataConfig):
+    """(train, test or None): the data set as stored, before any split or subset; one with a single class
+    is a DataError (a classifier needs two)."""
     if config.name in ("mnist", "cifar10"):
-        train_set = datalib.load_dataset(config.name, config.root, split="train")
-        test_set = datalib.load_dataset(config.name, config.root, split="test")
+        loaded = (
+            datalib.load_dataset(config.name, config.root, split="train"),
+            datalib.load_dataset(config.name, config.root, split="test"),
+        )
     else:
-        full = datalib.load_dataset(config.name, config.root)
-        train_set, test_set = datalib.train_test_split(full, config.test_fraction, seed=seed)
+        loaded = (datalib.load_dataset(config.name, config.root), None)
+    for part in loaded:
+        if part is not None and len(np.unique(part.y.numpy())) < 2:
+            where = config.root or config.name
+            raise datalib.DataError(
+                f"{where}: holds a single class ({len(part)} rows of {part.classes[int(part.y[0])]!r}); "
+                "a classifier needs at least 2"
+            )
+    return loaded
+
+
+def split_data(config: DataConfig, loaded, seed: int = 0):
+    """(train, test, holdout) of data loaded by :func:`load_data` (see :func:`load_splits`)."""
+    train_set, test_set = loaded
+    if test_set is None:
+        train_set, test_set = datalib.train_test_split(train_set, config.test_fraction, seed=seed)
     holdout = None
     if config.holdout_size is not None:
         if config.holdout_size >= len(train_set) - 1:
@@ -260,8 +411,44 @@ def load_splits(config: DataConfig, seed: int = 0):
             raise ConfigError(f"data.train_size {config.train_size} exceeds {len(train_set)} training rows")
         train_set = datalib.stratified_subset(train_set, config.train_size, seed=seed)
     if config.test_size is not None:
+        if config.test_size > len(test_set):
+            raise ConfigError(f"data.test_size {config.test_size} exceeds {len(test_set)} test rows")
         test_set = datalib.stratified_subset(test_set, config.test_size, seed=seed)
     return train_set, test_set, holdout
+
+
+def load_splits(config: DataConfig, seed: int = 0):
+    """(train, test, holdout) for a data config; sets without a test split are split stratified by ``seed``;
+    ``holdout`` (None unless ``holdout_size``) is drawn from the training split before its subset, so it
+    shares no row with ``train``."""
+    return split_data(config, load_data(config), seed)
+
+
+def check_data(config: ExperimentConfig, train_set, test_set, holdout=None, *, devices: bool = True) -> None:
+    """Every data- and machine-dependent value of ``config`` against its loaded splits, before any training:
+    the training split holds two classes, each attack and detector accepts the data (its ``check_data``:
+    classes, budgets against class sizes, test rows), ``detect_weights`` fits the model, the devices exist
+    (when ``devices``). A ConfigError / DataError names the key (``attacks[0]: ...``)."""
+    if devices:
+        check_devices(config)
+    present = len(np.unique(train_set.y.numpy()))
+    if present < 2:
+        raise ConfigError(f"data: the training split holds {present} class(es); a classifier needs 2")
+    for where, method in config.methods():
+        check = getattr(method, "check_data", None)
+        try:
+            if check is not None and where.startswith(("attacks", "detectors", "reference")):
+                check(train_set, test_set)
+            num_test = getattr(method, "num_test", None)  # tracin_test would silently draw fewer
+            if isinstance(num_test, int) and num_test > len(test_set):
+                raise ConfigError(f"num_test {num_test} exceeds the {len(test_set)} rows of the test split")
+        except PoisonlabError as err:
+            raise type(err)(f"{where}: {err}") from None
+    if config.detect_with == "weights":  # the file fits the model built for this data
+        from poisonlab.purification.base import load_weights
+
+        model = build_model(config.model, train_set.input_shape, train_set.num_classes, seed=0)
+        load_weights(model, config.detect_weights, "detect_weights")
 
 
 @dataclass
@@ -627,11 +814,15 @@ def _purify(
         }
 
 
-def run_experiment(config: ExperimentConfig, *, progress: bool = False) -> ExperimentResult:
-    """Run every trial of ``config`` and gather the results."""
+def run_experiment(config: ExperimentConfig, *, progress: bool = False, splits=None) -> ExperimentResult:
+    """Run every trial of ``config`` and gather the results; ``splits``: (train, test, holdout) already
+    loaded by :func:`load_splits` and checked by :func:`check_data` (else both are done here first)."""
     start = time.perf_counter()
     t0 = time.perf_counter()
-    train_set, test_set, holdout = load_splits(config.data, config.seed)
+    if splits is None:
+        splits = load_splits(config.data, config.seed)
+        check_data(config, *splits)
+    train_set, test_set, holdout = splits
     timings = {"load_data": time.perf_counter() - t0}
     per_trial, first = [], None
     for trial in range(config.trials):

@@ -3,11 +3,27 @@
 from __future__ import annotations
 
 import math
+import numbers
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from poisonlab.checks import check_int, check_number
 from poisonlab.errors import ConfigError
+
+
+def _scores(scores, where: str) -> np.ndarray:
+    """``scores`` as a 1-D float64 array of finite numbers."""
+    try:
+        arr = np.asarray(scores, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: scores must be numbers, got {type(scores).__name__}") from None
+    if arr.ndim != 1:
+        raise ConfigError(f"{where}: scores must be 1-D (one score per row), got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ConfigError(f"{where}: scores contain NaN or inf (the detector returned non-finite scores)")
+    return arr
 
 
 def mad_threshold(scores: np.ndarray, k: float = 3.0) -> float:
@@ -16,7 +32,10 @@ def mad_threshold(scores: np.ndarray, k: float = 3.0) -> float:
     Seed 000 flags rows above a fixed gamma (300 for its ResNet-18), but that scale depends on the model,
     the learning rates and the checkpoints; this rule adapts to the scores and needs no poison labels.
     """
-    scores = np.asarray(scores, dtype=np.float64)
+    scores = _scores(scores, "mad_threshold")
+    if len(scores) == 0:
+        raise ConfigError("mad_threshold: scores is empty (no rows to take a median of)")
+    k = check_number(k, "mad_threshold: k", minimum=0.0)
     median = np.median(scores)
     mad = 1.4826 * np.median(np.abs(scores - median))
     return float(median + k * mad)
@@ -27,10 +46,14 @@ FLAG_FRACTIONS = (0.01, 0.05)  # recall and precision are also reported with the
 
 def top_fraction(scores: np.ndarray, fraction: float) -> np.ndarray:
     """Boolean mask of the ``ceil(fraction * N)`` highest scores (ties broken by row order)."""
+    scores = _scores(scores, "top_fraction")
+    fraction = check_number(fraction, "top_fraction: fraction", minimum=0.0)
+    if fraction > 1:
+        raise ConfigError(f"top_fraction: fraction must be in [0, 1], got {fraction}")
     n = len(scores)
     k = min(n, math.ceil(fraction * n - 1e-9))
     mask = np.zeros(n, dtype=bool)
-    mask[np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")[:k]] = True
+    mask[np.argsort(-scores, kind="stable")[:k]] = True
     return mask
 
 
@@ -44,12 +67,24 @@ def detection_metrics(scores: np.ndarray, is_poison: np.ndarray, threshold: floa
     poisons (precision equals recall there): it reads the ground truth, so it is an oracle metric
     (:func:`is_oracle_metric`).
     """
-    scores = np.asarray(scores, dtype=np.float64)
-    is_poison = np.asarray(is_poison, dtype=bool)
+    where = "detection_metrics"
+    try:
+        scores = np.asarray(scores, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: scores must be numbers, got {type(scores).__name__}") from None
+    is_poison = np.asarray(is_poison)
+    if is_poison.dtype != bool and not (is_poison.dtype.kind in "iu" and np.isin(is_poison, (0, 1)).all()):
+        raise ConfigError(
+            f"{where}: is_poison must be a boolean mask, one flag per row, got {is_poison.dtype}"
+        )
+    is_poison = is_poison.astype(bool)
     if scores.shape != is_poison.shape:
         raise ConfigError(f"scores {scores.shape} and poison mask {is_poison.shape} differ in shape")
+    if scores.ndim != 1:
+        raise ConfigError(f"{where}: scores must be 1-D (one score per row), got shape {scores.shape}")
     if not np.isfinite(scores).all():
         raise ConfigError("detector returned non-finite scores")
+    threshold = check_number(threshold, f"{where}: threshold")
     n_poison = int(is_poison.sum())
     flagged = scores >= threshold
     out = {
@@ -85,11 +120,28 @@ def is_oracle_metric(key: str, oracle_prefixes=()) -> bool:
 
 def binomial_se(p: float, n: int) -> float:
     """Standard error of a success rate p measured over n independent trials."""
+    p = check_number(p, "binomial_se: p", minimum=0.0)
+    if p > 1:
+        raise ConfigError(f"binomial_se: p must be a rate in [0, 1], got {p}")
+    n = check_int(n, "binomial_se: n", minimum=0)
     return math.sqrt(p * (1 - p) / n) if n > 0 else float("nan")
+
+
+def _check_trials(trials, where: str) -> None:
+    """A list of {metric name: number} mappings (NaN allowed: a metric undefined in that trial)."""
+    if isinstance(trials, str | bytes | Mapping) or not isinstance(trials, Sequence):
+        raise ConfigError(f"{where}: trials must be a list of metric mappings, got {type(trials).__name__}")
+    for i, trial in enumerate(trials):
+        if not isinstance(trial, Mapping):
+            raise ConfigError(f"{where}: trials[{i}] must be a metric mapping, got {type(trial).__name__}")
+        for key, value in trial.items():
+            if not isinstance(key, str) or isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise ConfigError(f"{where}: trials[{i}][{key!r}] must be a number, got {value!r}")
 
 
 def aggregate(trials: list[dict[str, float]]) -> tuple[dict[str, float], dict[str, float]]:
     """Mean and standard deviation (ddof=1, 0 for one trial) of each metric over trials."""
+    _check_trials(trials, "aggregate")
     keys = sorted({k for t in trials for k in t})
     mean, std = {}, {}
     for key in keys:
@@ -112,6 +164,7 @@ def standard_errors(
 ) -> dict[str, float]:
     """Standard error of each mean: binomial when every trial's value is 0 or 1 (:func:`is_binary`), else
     std / sqrt(n) (e.g. a net success, poisoned minus twin, in {-1, 0, 1})."""
+    _check_trials(trials, "standard_errors")
     out = {}
     for key in mean:
         values = [t[key] for t in trials if key in t and math.isfinite(t[key])]

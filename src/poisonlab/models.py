@@ -7,11 +7,14 @@ detectors such as Deep k-NN or spectral signatures and attacks such as feature c
 
 from __future__ import annotations
 
+import inspect
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
+from poisonlab.checks import check_int, check_seed, one_line
 from poisonlab.errors import ConfigError
 
 
@@ -104,16 +107,29 @@ MODELS = {
 def build_model(name: str, input_shape, num_classes: int, *, seed: int | None = None, **kwargs) -> Classifier:
     """Build the model called ``name`` for images of ``input_shape`` (C, H, W) and ``num_classes``.
 
-    ``seed`` fixes the initial weights without touching the global random state.
+    ``seed`` fixes the initial weights without touching the global random state; ``kwargs`` are the
+    model's size parameters (``hidden``, ``width``: positive integers).
     """
+    where = "build_model"
+    if not isinstance(name, str):
+        raise ConfigError(f"{where}: name must be a model name (a string), got {type(name).__name__}")
     if name not in MODELS:
         raise ConfigError(f"unknown model {name!r}; known models: {', '.join(MODELS)}")
-    input_shape = tuple(int(s) for s in input_shape)
-    if len(input_shape) != 3 or min(input_shape) < 1:
-        raise ConfigError(f"input_shape must be (C, H, W) with positive sizes, got {input_shape}")
-    if num_classes < 2:
-        raise ConfigError(f"num_classes must be at least 2, got {num_classes}")
+    if isinstance(input_shape, str) or not isinstance(input_shape, Sequence) or len(input_shape) != 3:
+        raise ConfigError(f"{where}: input_shape must be (C, H, W), got {input_shape!r}")
+    input_shape = tuple(
+        check_int(v, f"{where}: input_shape[{i}]", minimum=1) for i, v in enumerate(input_shape)
+    )
+    num_classes = check_int(num_classes, f"{where}: num_classes", minimum=2)
+    if seed is not None:
+        seed = check_seed(seed, f"{where}: seed")
     factory = MODELS[name][0]
+    known = list(inspect.signature(factory).parameters)[2:]
+    for key, value in kwargs.items():
+        if key not in known:
+            takes = f"it takes {', '.join(known)}" if known else "it takes no size parameter"
+            raise ConfigError(f"{where}: model {name!r} has no parameter {key!r}; {takes}")
+        kwargs[key] = check_int(value, f"{where}: {key}", minimum=1)
     if seed is None:
         return factory(input_shape, num_classes, **kwargs)
     with torch.random.fork_rng(devices=[]):
@@ -122,10 +138,21 @@ def build_model(name: str, input_shape, num_classes: int, *, seed: int | None = 
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` picks CUDA when available, else the CPU."""
+    """``"auto"`` picks CUDA when available, else the CPU; a named device must exist on this machine."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not isinstance(device, str | torch.device):
+        raise ConfigError(f"device must be a name such as 'cpu' or 'auto', got {type(device).__name__}")
     try:
-        return torch.device(device)
+        resolved = torch.device(device)
     except RuntimeError as err:
-        raise ConfigError(f"unknown device {device!r}: {err}") from None
+        raise ConfigError(f"unknown device {device!r}: {one_line(err)}") from None
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"device {device!r}: CUDA is not available on this machine (use cpu or auto)")
+        if resolved.index is not None and resolved.index >= count:
+            raise ConfigError(f"device {device!r}: this machine has {count} CUDA device(s)")
+    elif resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {device!r}: MPS is not available on this machine (use 'cpu' or 'auto')")
+    return resolved

@@ -7,6 +7,7 @@ the report all read the same source, and a bad parameter is rejected with a mess
 from __future__ import annotations
 
 import importlib
+import re
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -20,7 +21,7 @@ _PACKAGES = ("poisonlab.attacks", "poisonlab.detection", "poisonlab.defenses", "
 class Method(BaseModel):
     """Base of every registered method; its fields are its parameters."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     kind: ClassVar[str] = ""
     name: ClassVar[str] = ""
 
@@ -61,17 +62,31 @@ def methods(kind: str) -> dict[str, type[Method]]:
     return dict(REGISTRY.get(kind, {}))
 
 
+_UNION_TAG = re.compile(r"^(float|int|str|bool|none|function-\w+)$|\[")
+
+
 def format_validation_error(err: ValidationError, where: str = "") -> str:
-    """One line naming each offending key and what is wrong with it."""
-    parts = []
+    """One line naming each offending key and what is wrong with it (the alternatives of a union joined)."""
+    found: dict[str, tuple[list[str], str]] = {}
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"])
+        loc = ""
+        for part in e["loc"]:
+            if isinstance(part, int):
+                loc += f"[{part}]"
+            elif not _UNION_TAG.search(str(part)):
+                loc += f".{part}" if loc else str(part)
         msg = e["msg"].removeprefix("Value error, ")
+        got = ""
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
-        elif "input" in e and not isinstance(e["input"], dict | list):
-            msg += f" (got {e['input']!r})"
-        parts.append(f"{where}{'.' if where and loc else ''}{loc}: {msg}")
+        elif "input" in e and not isinstance(e["input"], dict | list) and repr(e["input"]) not in msg:
+            got = f" (got {e['input']!r})"
+        key = f"{where}{'.' if where and loc else ''}{loc}"
+        msgs, _ = found.setdefault(key, ([], got))
+        msgs.append(msg.removeprefix("Input should be ") if msgs else msg)
+    parts = []
+    for key, (msgs, got) in found.items():
+        parts.append((f"{key}: " if key else "") + " or ".join(dict.fromkeys(msgs)) + got)
     return "; ".join(parts)
 
 

@@ -16,11 +16,9 @@ import math
 import os
 import re
 import sys
-import tempfile
 import textwrap
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -821,20 +819,6 @@ def write_report(
     extra_figures: dict[str, bytes] | None = None,
 ) -> None:
     """Render the report and write it atomically (temp file in the same folder, then os.replace)."""
-    text = render_report(results, detectors, history=history, extra_figures=extra_figures)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    from poisonlab.results import write_atomic
+
+    write_atomic(path, render_report(results, detectors, history=history, extra_figures=extra_figures))

@@ -1,11 +1,75 @@
-"""What every result records about where it was measured: versions, threads, device, machine, commit."""
+"""What every result records about where it was measured (versions, threads, device, machine, commit), and
+how results reach the disk: output folders checked before any work, files written whole or not at all."""
 
 from __future__ import annotations
 
 import os
 import platform
 import subprocess
+import tempfile
 from pathlib import Path
+
+from poisonlab.errors import PoisonlabError
+
+
+def _umask() -> int:
+    """The process's umask (read without changing it where /proc allows)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder, then rename it: a reader never
+    sees half a file, and a failure leaves the old file (or none). Mode 0666 minus the umask, as open()."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def check_output_dir(
+    path: str | os.PathLike, what: str = "--out", files: tuple[str, ...] = (), folders: tuple[str, ...] = ()
+) -> Path:
+    """Refuse, before any work, an output folder that cannot be written: an existing file, a path below a
+    file, a read-only place, or one where the ``files`` to write are folders (or the ``folders``, files).
+    Creates nothing (a probe file in the nearest existing folder is removed)."""
+    path = Path(path)
+    try:
+        if path.exists() and not path.is_dir():
+            raise PoisonlabError(f"{what} {path}: exists and is not a folder")
+        for name in files:
+            if (path / name).is_dir():
+                raise PoisonlabError(f"{what} {path}: {name} is a folder, where a file is written")
+        for name in folders:
+            if (path / name).exists() and not (path / name).is_dir():
+                raise PoisonlabError(f"{what} {path}: {name} is a file, where a folder is written")
+        probe = path
+        while not probe.exists() and probe.parent != probe:
+            probe = probe.parent
+        if not probe.is_dir():
+            raise PoisonlabError(f"{what} {path}: {probe} is a file, not a folder")
+        fd, tmp = tempfile.mkstemp(dir=probe, prefix=".poisonlab-probe-")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as err:
+        raise PoisonlabError(f"{what} {path}: cannot write there ({err.strerror or err})") from None
+    return path
 
 
 def git_commit() -> str | None:

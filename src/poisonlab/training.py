@@ -19,6 +19,14 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
+from poisonlab.checks import (
+    check_dataset,
+    check_int,
+    check_model_accepts,
+    check_model_fits,
+    check_same_space,
+    check_seed,
+)
 from poisonlab.data import Dataset
 from poisonlab.errors import ConfigError
 from poisonlab.models import resolve_device
@@ -27,7 +35,7 @@ from poisonlab.models import resolve_device
 class TrainConfig(BaseModel):
     """The training schedule; validated, so a bad value fails before any work starts."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     optimizer: Literal["sgd", "adam"] = "sgd"
     lr: float = Field(0.05, gt=0, description="initial learning rate")
@@ -107,6 +115,25 @@ def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
 
+def check_training(
+    where: str, model: nn.Module, data: Dataset, config, seed, eval_data: Dataset | None
+) -> TrainConfig:
+    """The checks of :func:`train` and :func:`train_head`: the config, the data, the model against the data
+    (input shape, one output per class), the evaluation data and the seed. Returns the config."""
+    if config is None:
+        config = TrainConfig()
+    if not isinstance(config, TrainConfig):
+        raise ConfigError(f"{where}: config must be a TrainConfig (or None), got {type(config).__name__}")
+    check_dataset(data, where, "data")
+    check_model_fits(model, data, where, "model", "data")
+    if eval_data is not None:
+        check_dataset(eval_data, where, "eval_data", min_rows=0)
+        check_same_space(data, eval_data, where, "data", "eval_data")
+    check_seed(seed, f"{where}: seed")
+    resolve_device(config.device)
+    return config
+
+
 def train(
     model: nn.Module,
     data: Dataset,
@@ -118,9 +145,9 @@ def train(
     desc: str = "train",
 ) -> TrainRun:
     """Train ``model`` in place on ``data`` and return the run with its checkpoints and history."""
-    config = config or TrainConfig()
-    if len(data) == 0:
-        raise ConfigError("cannot train on an empty dataset")
+    config = check_training("train", model, data, config, seed, eval_data)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ConfigError("train: model has no trainable parameter (every requires_grad is off)")
     device = resolve_device(config.device)
     model.to(device)
     x, y = data.x.to(device), data.y.to(device)
@@ -194,8 +221,9 @@ def train_head(
     if not (
         callable(getattr(model, "features", None)) and isinstance(getattr(model, "head", None), nn.Linear)
     ):
-        raise ConfigError("train_head needs a model with features(x) and a linear head")
-    config = (config or TrainConfig()).model_copy(update={"augment": False})
+        raise ConfigError("train_head: model needs features(x) and a linear head")
+    config = check_training("train_head", model, data, config, seed, eval_data)
+    config = config.model_copy(update={"augment": False})
     victim = copy.deepcopy(model).cpu().eval()
     for p in victim.parameters():
         p.requires_grad_(False)
@@ -220,8 +248,7 @@ def train_head(
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """Logits of ``model`` (in eval mode) for ``x``, on the CPU."""
+def _logits(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -230,8 +257,18 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.
     return out
 
 
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """Logits of ``model`` (in eval mode) for ``x``, on the CPU."""
+    if not isinstance(x, torch.Tensor):
+        raise ConfigError(f"predict: x must be a tensor of inputs, got {type(x).__name__}")
+    check_model_accepts(model, x, "predict", "model", "x")
+    return _logits(model, x, check_int(batch_size, "predict: batch_size", minimum=1))
+
+
 def accuracy(model: nn.Module, data: Dataset) -> float:
-    """Fraction of ``data`` classified correctly."""
+    """Fraction of ``data`` classified correctly (NaN for no rows)."""
+    check_dataset(data, "accuracy", "data", min_rows=0)
+    check_model_fits(model, data, "accuracy", "model", "data")
     if len(data) == 0:
         return float("nan")
-    return (predict(model, data.x).argmax(1) == data.y).float().mean().item()
+    return (_logits(model, data.x, 1024).argmax(1) == data.y).float().mean().item()

@@ -12,7 +12,6 @@ The goal's ``trigger`` holds ``stack([p, m])`` of shape (2, C, h, w) (the patch,
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -22,10 +21,12 @@ from torch import nn
 
 from poisonlab.attacks.base import Attack, BudgetedAttack, poison_count
 from poisonlab.data import Dataset
-from poisonlab.errors import ConfigError, DataError
+from poisonlab.errors import ConfigError
 from poisonlab.poison import AttackGoal, PoisonedDataset
 from poisonlab.registry import register
 from poisonlab.training import predict
+
+MAX_PATTERN_PIXELS = 4096 * 4096  # a blend image is resized to the data's size: anything larger is refused
 
 Corner = Literal["bottom_right", "bottom_left", "top_right", "top_left", "random"]
 
@@ -55,14 +56,13 @@ def blend_pattern(kind: str, shape: tuple[int, int, int], seed: int = 0, image_p
     if kind == "image":
         if not image_path:
             raise ConfigError("blend: pattern 'image' needs image_path")
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image
 
-        try:
-            with Image.open(Path(image_path)) as img:
-                img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
-                arr = np.asarray(img, dtype=np.float32) / 255.0
-        except (OSError, UnidentifiedImageError) as err:
-            raise DataError(f"{image_path}: cannot read the blend image: {err}") from None
+        from poisonlab.data import open_image  # the one way images are read: size cap, one-line DataError
+
+        with open_image(image_path, "blend image", MAX_PATTERN_PIXELS) as img:
+            img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
+            arr = np.asarray(img, dtype=np.float32) / 255.0
         t = torch.from_numpy(arr)
         return (t[None] if c == 1 else t.permute(2, 0, 1)).contiguous()
     raise ConfigError(f"unknown blend pattern {kind!r}; known: noise, stripes, checkerboard, image")
@@ -167,7 +167,12 @@ class PatchTrigger:
             top = torch.randint(0, h - s + 1, (n,), generator=generator)
             return top, torch.randint(0, w - s + 1, (n,), generator=generator)
         if isinstance(self.position, str):
-            return corner_offset(self.position, s, h, w, getattr(self, "margin", 0))
+            margin = getattr(self, "margin", 0)
+            if s + margin > min(h, w):
+                raise ConfigError(
+                    f"{self.name}: a {s}px patch with margin {margin} does not fit {h}x{w} images"
+                )
+            return corner_offset(self.position, s, h, w, margin)
         top, left = (int(v) for v in self.position)
         if not (0 <= top <= h - s and 0 <= left <= w - s):
             raise ConfigError(
@@ -189,7 +194,13 @@ class _DirtyLabel(BackdoorAttack, BudgetedAttack):
 
     default_fraction: ClassVar[float] = 0.1
 
-    def craft(self, train: Dataset, *, generator: torch.Generator, victim=None, test=None):
+    def check_data(self, train: Dataset, test: Dataset | None = None) -> None:
+        self._count(train)
+        self._trigger(train.input_shape)
+        self._place(1, train.input_shape, torch.Generator().manual_seed(0))
+
+    def _count(self, train: Dataset) -> tuple[torch.Tensor, int]:
+        """(the rows of the other classes, how many to poison), checked against the data."""
         self._check_target(train)
         eligible = self.source_mask(train.y).nonzero().flatten()
         n = self.count if self.count is not None else round(self.budget_fraction * len(train))
@@ -198,6 +209,10 @@ class _DirtyLabel(BackdoorAttack, BudgetedAttack):
                 f"{self.name}: fraction {self.budget_fraction} of {len(train)} rows selects no row"
             )
         n = poison_count(len(eligible), None, n, f"{self.name} on the classes other than {self.target}")
+        return eligible, n
+
+    def _craft(self, train: Dataset, *, generator: torch.Generator, victim=None, test=None):
+        eligible, n = self._count(train)
         idx = eligible[torch.randperm(len(eligible), generator=generator)[:n]].sort().values
         trigger = self._trigger(train.input_shape)
         goal = AttackGoal(self.name, self.model_dump(), adversarial_label=self.target, trigger=trigger)

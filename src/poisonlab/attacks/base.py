@@ -8,6 +8,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
+from poisonlab.checks import check_dataset, check_generator, check_model_fits, check_same_space
 from poisonlab.data import Dataset
 from poisonlab.errors import ConfigError
 from poisonlab.models import MODELS, build_model
@@ -17,7 +18,7 @@ from poisonlab.training import TrainConfig, train
 
 
 class Attack(Method):
-    """Base of every attack."""
+    """Base of every attack: :meth:`craft` validates its arguments, then calls the attack's ``_craft``."""
 
     kind = "attack"
 
@@ -25,12 +26,32 @@ class Attack(Method):
         self,
         train: Dataset,
         *,
-        generator: torch.Generator,
+        generator: torch.Generator | None = None,
         victim: nn.Module | None = None,
         test: Dataset | None = None,
     ) -> PoisonedDataset:
-        """Poison ``train``. ``victim``: a clean model the attacker knows (white-box; frozen layers are not
-        trained by the victim, as in the transfer setting); ``test``: where targeted attacks draw targets."""
+        """Poison ``train`` with randomness drawn from ``generator`` (required). ``victim``: a clean model the
+        attacker knows (white-box; frozen layers are not trained by the victim, as in the transfer setting);
+        ``test``: where targeted attacks draw targets. Bad arguments fail here, before any work."""
+        where = f"{self.name or type(self).__name__}.craft"
+        check_dataset(train, where, "train")
+        check_generator(generator, where)
+        if test is not None:
+            check_dataset(test, where, "test", min_rows=0)
+            check_same_space(train, test, where, "train", "test")
+        if victim is not None:
+            check_model_fits(victim, train, where, "victim", "train")
+        self.check_data(train, test)
+        return self._craft(train, generator=generator, victim=victim, test=test)
+
+    def check_data(self, train: Dataset, test: Dataset | None = None) -> None:
+        """Reject parameters ``train`` / ``test`` cannot satisfy (classes, budgets against class sizes) with a
+        one-line ConfigError, without crafting; :meth:`craft` calls it first, a runner may call it before
+        any training."""
+
+    def _craft(
+        self, train: Dataset, *, generator: torch.Generator, victim: nn.Module | None, test: Dataset | None
+    ) -> PoisonedDataset:
         raise NotImplementedError
 
     def evaluate(self, model: nn.Module, test: Dataset, goal: AttackGoal) -> dict[str, float]:

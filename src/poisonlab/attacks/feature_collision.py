@@ -73,7 +73,7 @@ class FeatureCollision(TargetedAttack):
         scale = 255.0**2 if self.beta_scale == "paper" else 1.0
         return self.beta0 * (feature_dim / input_dim) ** 2 * scale
 
-    def craft(self, train, *, generator, victim=None, test=None):
+    def _craft(self, train, *, generator, victim=None, test=None):
         setup = self.setup(train, test, victim, generator)
         model, idx = setup.models[0], setup.idx
         features = getattr(model, "features", None)

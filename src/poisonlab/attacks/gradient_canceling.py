@@ -352,7 +352,7 @@ class GradientCanceling(SurrogateAttack):
     batch_size: int = Field(1000, ge=1, description="rows per gradient pass (memory only)")
     tol: float = Field(1e-10, ge=0, description="stop when the objective falls below tol times its start")
 
-    def craft(self, train: Dataset, *, generator: torch.Generator, victim=None, test=None):
+    def _craft(self, train: Dataset, *, generator: torch.Generator, victim=None, test=None):
         clean_model = self._clean_model(train, victim, generator)
         target = gradpc(
             clean_model, train, self.eps_w, norm=self.norm, steps=self.gradpc_steps, generator=generator

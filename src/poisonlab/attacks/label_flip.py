@@ -44,7 +44,11 @@ class TargetedLabelFlip(_Budget):
             raise ValueError("source and target must differ")
         return self
 
-    def craft(self, train: Dataset, *, generator: torch.Generator, victim=None, test=None):
+    def check_data(self, train: Dataset, test: Dataset | None = None) -> None:
+        self._count(train)
+
+    def _count(self, train: Dataset) -> tuple[torch.Tensor, int]:
+        """(the rows of class ``source``, how many to flip), checked against the data."""
         for cls in (self.source, self.target):
             if cls >= train.num_classes:
                 raise ConfigError(f"label_flip_targeted: class {cls} is not in {train.name or 'the data'}")
@@ -52,6 +56,10 @@ class TargetedLabelFlip(_Budget):
         n = poison_count(
             len(eligible), self.budget_fraction, self.count, f"label_flip_targeted on class {self.source}"
         )
+        return eligible, n
+
+    def _craft(self, train: Dataset, *, generator: torch.Generator, victim=None, test=None):
+        eligible, n = self._count(train)
         idx = eligible[torch.randperm(len(eligible), generator=generator)[:n]]
         y = train.y.clone()
         y[idx] = self.target
@@ -77,7 +85,10 @@ class RandomLabelFlip(_Budget):
 
     default_fraction: ClassVar[float] = 0.03
 
-    def craft(self, train: Dataset, *, generator: torch.Generator, victim=None, test=None):
+    def check_data(self, train: Dataset, test: Dataset | None = None) -> None:
+        poison_count(len(train), self.budget_fraction, self.count, "label_flip_random")
+
+    def _craft(self, train: Dataset, *, generator: torch.Generator, victim=None, test=None):
         n = poison_count(len(train), self.budget_fraction, self.count, "label_flip_random")
         idx = torch.randperm(len(train), generator=generator)[:n]
         shift = torch.randint(1, train.num_classes, (n,), generator=generator)

@@ -124,7 +124,13 @@ class SleeperAgent(PatchTrigger, BackdoorAttack):
             p.requires_grad_(True)
         return model
 
-    def craft(self, train: Dataset, *, generator: torch.Generator, victim=None, test=None):
+    def check_data(self, train: Dataset, test: Dataset | None = None) -> None:
+        self._rows(train)
+        self._trigger(train.input_shape)
+        self._place(1, train.input_shape, torch.Generator().manual_seed(0))
+
+    def _rows(self, train: Dataset) -> tuple[torch.Tensor, int, torch.Tensor]:
+        """(target-class rows, number of poisons, source rows), checked against the data."""
         self._check_target(train)
         if self.source is not None and self.source >= train.num_classes:
             raise ConfigError(
@@ -137,6 +143,13 @@ class SleeperAgent(PatchTrigger, BackdoorAttack):
                 f"sleeper_agent: {n} poisons asked, the target class has {len(target_rows)} rows"
             )
         sources = self.source_mask(train.y).nonzero().flatten()
+        if len(sources) == 0:
+            which = f"class {self.source}" if self.source is not None else "the classes other than the target"
+            raise ConfigError(f"sleeper_agent: no training row of {which} to trigger (source)")
+        return target_rows, n, sources
+
+    def _craft(self, train: Dataset, *, generator: torch.Generator, victim=None, test=None):
+        target_rows, n, sources = self._rows(train)
         if self.num_sources is not None:
             sources = sources[torch.randperm(len(sources), generator=generator)[: self.num_sources]]
         trigger = self._trigger(train.input_shape)

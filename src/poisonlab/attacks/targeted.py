@@ -233,6 +233,41 @@ class TargetedAttack(SurrogateAttack):
         x_t, y_t = test.x[index : index + 1], int(test.y[index])
         return Setup(x_t, y_t, y_adv, idx, self.surrogates(train, victim, generator), index)
 
+    def check_data(self, train: Dataset, test: Dataset | None = None) -> None:
+        """The test set, the classes, the target row and the budget against the rows of every class the
+        adversarial label may be (the smallest decides), before any surrogate is trained."""
+        self._check_classes(test, train.num_classes)
+        if self.target_index is not None:
+            if self.target_index >= len(test):
+                raise ConfigError(f"{self.name}: target_index {self.target_index} >= {len(test)} test rows")
+            y_t = int(test.y[self.target_index])
+            if y_t == self.adversarial_class:
+                raise ConfigError(f"{self.name}: target row {self.target_index} is already of class {y_t}")
+            if self.target_class is not None and y_t != self.target_class:
+                raise ConfigError(
+                    f"{self.name}: target row {self.target_index} is of class {y_t}, not target_class "
+                    f"{self.target_class}"
+                )
+        elif self.target_class is not None and not bool((test.y == self.target_class).any()):
+            raise ConfigError(f"{self.name}: no test row of class {self.target_class} to target")
+        if self.adversarial_class is not None:
+            candidates = [self.adversarial_class]
+        else:
+            excluded = int(test.y[self.target_index]) if self.target_index is not None else self.target_class
+            candidates = [c for c in range(train.num_classes) if c != excluded]
+        counts = train.class_counts()
+        worst = min(candidates, key=lambda c: counts[c])
+        n = self._budget(len(train))
+        if n < 1 or n > counts[worst]:
+            which = "the adversarial class" if len(candidates) == 1 else "the smallest candidate class"
+            raise ConfigError(f"{self.name}: {n} poisons asked, {which} {worst} has {counts[worst]} rows")
+
+    def _budget(self, rows: int) -> int:
+        """Number of poisons: ``count``, else ``fraction`` (or ``default_fraction``) of ``rows``."""
+        if self.count is not None:
+            return self.count
+        return round((self.fraction if self.fraction is not None else self.default_fraction) * rows)
+
     def _check_classes(self, test: Dataset | None, num_classes: int) -> None:
         if test is None or len(test) == 0:
             raise ConfigError(f"{self.name}: a targeted attack needs test data to draw its target from")
@@ -276,10 +311,7 @@ class TargetedAttack(SurrogateAttack):
     def choose_poisons(self, train: Dataset, y_adv: int, generator: torch.Generator) -> torch.Tensor:
         """Sorted indices of the poisons: uniformly drawn rows of the adversarial class."""
         rows = (train.y == y_adv).nonzero().flatten()
-        if self.count is not None:
-            n = self.count
-        else:
-            n = round((self.fraction if self.fraction is not None else self.default_fraction) * len(train))
+        n = self._budget(len(train))
         if n < 1 or n > len(rows):
             raise ConfigError(
                 f"{self.name}: {n} poisons asked, the adversarial class {y_adv} has {len(rows)} rows"
@@ -354,7 +386,7 @@ class PerturbationAttack(TargetedAttack):
         """A function of the poisoned batch to minimise (built once per craft)."""
         raise NotImplementedError
 
-    def craft(self, train, *, generator, victim=None, test=None):
+    def _craft(self, train, *, generator, victim=None, test=None):
         setup = self.setup(train, test, victim, generator)
         idx, models, y_adv = setup.idx, setup.models, setup.y_adv
         device = next(models[0].parameters()).device  # craft where the surrogate lives (CPU or CUDA)

@@ -211,9 +211,11 @@ class TGDA(SurrogateAttack):
     val_size: int = Field(1000, ge=1, description="validation rows held out of the attacker's training rows")
     hidden: int = Field(256, ge=1, description="hidden units of the generator MLP")
 
-    def craft(self, train: Dataset, *, generator: torch.Generator, victim=None, test=None):
+    def check_data(self, train: Dataset, test: Dataset | None = None) -> None:
         if self.val_size >= len(train):
             raise ConfigError(f"tgda: val_size {self.val_size} leaves no training row of {len(train)}")
+
+    def _craft(self, train: Dataset, *, generator: torch.Generator, victim=None, test=None):
         order = torch.randperm(len(train), generator=generator)
         val, rest = train.subset(order[: self.val_size]), order[self.val_size :].sort().values
         fit_rows = train.subset(rest)

@@ -2,6 +2,7 @@
 
     from poisonlab.bench import load_matrix, run_bench, write_outputs
     matrix = load_matrix("configs/matrix_digits_label_flip.yaml")   # every cell validated here
+    check_matrix_data(matrix)                                      # and against its data
     run_bench(matrix, "runs/digits_label_flip/results.db", executor="pool", workers=2)
     write_outputs("runs/digits_label_flip/results.db")            # report.html, tables.md, CSVs
 
@@ -10,7 +11,15 @@ trials are committed one transaction each by the driver, so an interrupted run r
 """
 
 from poisonlab.bench.executors import EXECUTORS, run_task
-from poisonlab.bench.matrix import Cell, Matrix, MatrixSpec, build_matrix, cell_identity, load_matrix
+from poisonlab.bench.matrix import (
+    Cell,
+    Matrix,
+    MatrixSpec,
+    build_matrix,
+    cell_identity,
+    check_matrix_data,
+    load_matrix,
+)
 from poisonlab.bench.output import write_outputs
 from poisonlab.bench.runner import BenchSummary, run_bench
 from poisonlab.bench.store import ResultStore
@@ -27,6 +36,7 @@ __all__ = [
     "build_matrix",
     "build_tables",
     "cell_identity",
+    "check_matrix_data",
     "load_matrix",
     "run_bench",
     "run_task",

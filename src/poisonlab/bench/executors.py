@@ -8,6 +8,7 @@ dict (cell id, trial, config, threads, data root); :func:`run_task` turns it int
 from __future__ import annotations
 
 import concurrent.futures as cf
+import math
 import multiprocessing
 import os
 import signal
@@ -258,6 +259,35 @@ class RayExecutor:
             self.ray.shutdown()
 
 
+MAX_THREADS = 256  # torch threads per process; more only stalls the machine (set_num_threads takes them all)
+
+
+def check_threads(threads: int | None, flag: str = "--threads") -> None:
+    """Torch threads per process: None (torch's default) or 1 .. MAX_THREADS."""
+    if threads is not None and (
+        isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS
+    ):
+        raise PoisonlabError(f"{flag} must be at least 1 and at most {MAX_THREADS}, got {threads}")
+
+
+def check_executor_options(
+    kind: str,
+    workers: int | None = None,
+    threads: int | None = 1,
+    cpus_per_trial: float = 1.0,
+    gpus_per_trial: float = 0.0,
+) -> None:
+    """Refuse bad executor options before anything is created (``--workers 0`` would mean one per core)."""
+    if kind not in EXECUTORS:
+        raise PoisonlabError(f"unknown executor {kind!r}; known: {', '.join(EXECUTORS)}")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise PoisonlabError(f"--workers must be at least 1, got {workers}")
+    check_threads(threads)
+    for flag, value in (("--cpus-per-trial", cpus_per_trial), ("--gpus-per-trial", gpus_per_trial)):
+        if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+            raise PoisonlabError(f"{flag} must be a finite number, not negative; got {value}")
+
+
 def make_executor(
     kind: str,
     *,
@@ -268,16 +298,9 @@ def make_executor(
     gpus_per_trial: float = 0.0,
 ):
     """Build the executor named ``kind`` (pool, inline or ray)."""
-    if workers is not None and workers < 1:
-        raise PoisonlabError(f"--workers must be at least 1, got {workers}")
-    if threads is not None and threads < 1:
-        raise PoisonlabError(f"--threads must be at least 1, got {threads}")
+    check_executor_options(kind, workers, threads, cpus_per_trial, gpus_per_trial)
     if kind == "pool":
         return PoolExecutor(workers, threads)
     if kind == "inline":
         return InlineExecutor(threads)
-    if kind == "ray":
-        if cpus_per_trial < 0 or gpus_per_trial < 0:
-            raise PoisonlabError("--cpus-per-trial and --gpus-per-trial must not be negative")
-        return RayExecutor(address, workers, threads, cpus_per_trial, gpus_per_trial)
-    raise PoisonlabError(f"unknown executor {kind!r}; known: {', '.join(EXECUTORS)}")
+    return RayExecutor(address, workers, threads, cpus_per_trial, gpus_per_trial)

@@ -33,13 +33,14 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from poisonlab.errors import ConfigError
-from poisonlab.experiment import ExperimentConfig, read_yaml
+from poisonlab.experiment import ExperimentConfig, check_name, read_yaml
 from poisonlab.registry import format_validation_error
 
 # Config keys that do not change what a trial computes: left out of a cell's identity.
 IDENTITY_EXCLUDED = ("name", "trials", "report_top_k")
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _PATH_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+_SEPARATORS = re.compile(r"[/\\\x00]|\.\.")  # not in a cell's name (a plain file name)
 
 
 def _as_list(value: Any) -> Any:
@@ -144,6 +145,11 @@ class MatrixSpec(BaseModel):
     trials: int | None = Field(None, ge=1, description="trials per cell (default: the base's)")
     axes: dict[str, AxisSpec] = Field(default_factory=dict)
     tables: list[TableSpec] = Field(default_factory=list)
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        return check_name(value)
 
     @model_validator(mode="after")
     def _tables(self):
@@ -299,7 +305,7 @@ def build_matrix(
                         set_key(config, key, value)
                     except ValueError as err:
                         raise ConfigError(f"key {key!r}: {err}") from None
-            config["name"] = f"{spec.name}[{label}]" if labels else spec.name
+            config["name"] = f"{spec.name}[{_SEPARATORS.sub('_', label)}]" if labels else spec.name
             if spec.trials is not None:
                 config["trials"] = spec.trials
             try:
@@ -319,3 +325,34 @@ def build_matrix(
         more = f" (and {len(errors) - 1} more invalid cell(s))" if len(errors) > 1 else ""
         raise ConfigError(f"{where}: {errors[0]}{more}")
     return Matrix(spec, cells, where)
+
+
+def check_matrix_data(matrix: Matrix, *, devices: bool = True) -> None:
+    """Check every cell's data-dependent values (classes, budgets, test rows, patch sizes) against its data,
+    and its devices against this machine (``devices``; not for trials run on other machines), before
+    anything runs: each distinct data config is loaded once; every invalid cell is counted in the one
+    ConfigError, which names the first."""
+    import json
+
+    from poisonlab.errors import PoisonlabError
+    from poisonlab.experiment import check_data, load_data, split_data
+
+    loaded: dict[str, Any] = {}
+    errors = []
+    for cell in matrix.cells:
+        config = cell.config
+        key = json.dumps(config.data.model_dump(mode="json"), sort_keys=True)
+        try:
+            if key not in loaded:
+                try:
+                    loaded[key] = load_data(config.data)
+                except PoisonlabError as err:
+                    loaded[key] = err
+            if isinstance(loaded[key], PoisonlabError):
+                raise loaded[key]
+            check_data(config, *split_data(config.data, loaded[key], config.seed), devices=devices)
+        except PoisonlabError as err:
+            errors.append(f"cell {cell.label}: {err}")
+    if errors:
+        more = f" (and {len(errors) - 1} more invalid cell(s))" if len(errors) > 1 else ""
+        raise ConfigError(f"{matrix.source}: {errors[0]}{more}")

@@ -21,8 +21,10 @@ from matplotlib.figure import Figure
 from poisonlab.bench.store import ResultStore, StoredMatrix
 from poisonlab.bench.tables import NO_DATA, ORACLE_NOTE, Table, build_tables
 from poisonlab.report import figure_to_png
+from poisonlab.results import check_output_dir, write_atomic
 
 MAX_PLOT_SERIES = 12
+OUTPUT_FILES, OUTPUT_FOLDERS = ("report.html", "tables.md"), ("tables", "trials")
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1200px;margin:2em auto;
 padding:0 1em;color:#1f2430}h1{margin-bottom:.2em}.meta{color:#5a6270}
@@ -86,7 +88,7 @@ def _html_table(table: Table) -> str:
     body = []
     for row in table.rows:
         tds = "".join(f"<td class='lab'>{_e(v)}</td>" for v in table.row_label(row))
-        tds += "".join(f"<td>{_e(table.format(table.cells.get((row, c)), full))}</td>" for c in table.cols)
+        tds += "".join(f"<td>{_e(table.text(row, c, full))}</td>" for c in table.cols)
         body.append(f"<tr>{tds}</tr>")
     note = f"<p class='meta'>{_e(ORACLE_NOTE)}</p>" if table.has_oracle() else ""
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{note}"
@@ -130,6 +132,10 @@ def _matrix_html(data: StoredMatrix, tables: list[Table], pngs: dict[int, bytes]
             parts.append(
                 f"<figure><img alt='{_e(table.title)}' src='data:image/png;base64,{data64}'></figure>"
             )
+    notes = _notes(data)
+    if notes:
+        items = "".join(f"<li class='bad'>{_e(n)}</li>" for n in notes)
+        parts.insert(3 if data.spec.get("description") else 2, f"<h3>Attention</h3><ul>{items}</ul>")
     failed = [r for r in data.trials if r["status"] != "ok"]
     if failed:
         labels = {cell.cell_id: cell.label for cell in data.cells}
@@ -172,6 +178,25 @@ def _matrix_html(data: StoredMatrix, tables: list[Table], pngs: dict[int, bytes]
     return "\n".join(parts)
 
 
+def _notes(data: StoredMatrix) -> list[str]:
+    """What a reader must not miss: cells with failed trials, trials orphaned by an edited matrix, and
+    stored rows that could not be read."""
+    notes = []
+    for cell, failed, ok, error in data.failed_cells():
+        what = "every trial failed" if not ok else f"{failed} of {failed + ok} stored trials failed"
+        notes.append(f"failed cell {cell.label} ({cell.cell_id}): {what}: {error}")
+    if data.orphans:
+        trials = sum(o["ok"] + o["failed"] for o in data.orphans)
+        names = ", ".join(f"{o['name'] or o['cell_id']} ({o['ok'] + o['failed']})" for o in data.orphans[:5])
+        more = f" and {len(data.orphans) - 5} more" if len(data.orphans) > 5 else ""
+        notes.append(
+            f"{trials} stored trial(s) of {len(data.orphans)} cell(s) no longer in matrix {data.name!r} "
+            f"(it was edited and rerun under the same name): {names}{more}; not in these tables"
+        )
+    notes += [f"unreadable row: {text}" for text in data.skipped]
+    return notes
+
+
 def _trials_csv(data: StoredMatrix) -> str:
     axes = list(data.spec.get("axes", {}))
     labels = {c.cell_id: c.labels for c in data.cells}
@@ -201,12 +226,17 @@ def _num(value) -> str:
     return "" if value is None else repr(value)
 
 
-def write_outputs(db: str | Path, out: str | Path | None = None, matrix: str | None = None) -> list[Path]:
-    """Write report.html, tables.md, tables/*.csv and trials/*.csv for the matrices stored in ``db``."""
-    from poisonlab.cli import write_atomic
+def write_outputs(
+    db: str | Path, out: str | Path | None = None, matrix: str | None = None, *, warnings: list | None = None
+) -> list[Path]:
+    """Write report.html, tables.md, tables/*.csv and trials/*.csv for the matrices stored in ``db``.
 
+    Failed cells, trials orphaned by an edited matrix and unreadable rows are listed in tables.md and the
+    page, and appended to ``warnings`` (one line each) when it is given.
+    """
     db = Path(db)
     out = Path(out) if out is not None else db.parent
+    check_output_dir(out, "--out", files=OUTPUT_FILES, folders=OUTPUT_FOLDERS)
     with ResultStore(db, create=False) as store:
         names = [matrix] if matrix else store.matrices()
         snapshots = [store.load(n) for n in names]
@@ -227,6 +257,11 @@ def write_outputs(db: str | Path, out: str | Path | None = None, matrix: str | N
             f"{c['failed']} failed, {c['pending']} pending. Cells: mean ± standard error.",
             "",
         ]
+        notes = _notes(data)
+        if notes:
+            md += ["**Attention:**", "", *(f"- {n}" for n in notes), ""]
+            if warnings is not None:
+                warnings += [f"{data.name}: {n}" for n in notes]
         pngs = {}
         for i, table in enumerate(tables):
             md += [f"### {table.title}", "", f"`{table.metric}` ({table.layout()})", "", table.markdown(), ""]

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from poisonlab.bench.executors import failure, make_executor
+from poisonlab.bench.executors import check_executor_options, failure, make_executor
 from poisonlab.bench.matrix import Matrix
-from poisonlab.bench.store import ResultStore
+from poisonlab.bench.store import ResultStore, check_database
 from poisonlab.errors import PoisonlabError
 
 
@@ -143,9 +143,12 @@ def run_bench(
 
     ``executor`` is pool (local processes), inline or ray; ``workers`` caps the trials in flight.
     Failed trials are stored with their error (and rerun next time unless ``retry_failed`` is False).
+    The options and the database (new, or poisonlab's) are checked before anything is created.
     """
     stream = stream or sys.stderr
     start = time.perf_counter()
+    check_executor_options(executor, workers, threads, cpus_per_trial, gpus_per_trial)
+    check_database(db)
 
     def say(text: str) -> None:
         if not quiet:
@@ -153,6 +156,13 @@ def run_bench(
 
     with _exclusive(Path(db)), ResultStore(db) as store:
         store.register(matrix)
+        orphans = [o for o in store.orphans() if o["matrix"] == matrix.name]
+        if orphans:
+            count = sum(o["ok"] + o["failed"] for o in orphans)
+            say(
+                f"{count} stored trial(s) of {len(orphans)} cell(s) of an earlier {matrix.name!r} are not in "
+                "this matrix: kept in the database, listed by the report, not in its tables"
+            )
         todo, stored = pending_trials(matrix, store, retry_failed)
         total = stored + len(todo) + (0 if retry_failed else _failed_count(matrix, store))
         summary = BenchSummary(Path(db), total, stored, 0, 0, 0.0)
@@ -211,14 +221,16 @@ def run_bench(
 
 @contextmanager
 def _exclusive(db: Path):
-    """One driver per database: a second ``bench`` on it fails at once instead of repeating trials."""
+    """One driver per database: a second ``bench`` on it fails at once instead of repeating trials. The lock
+    file sits beside the resolved database, so a symlinked or relative name finds the same lock."""
     try:
         import fcntl
     except ImportError:  # not POSIX: no lock
         yield
         return
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with open(db.with_name(db.name + ".lock"), "a+") as handle:
+    real = Path(os.path.realpath(db))
+    real.parent.mkdir(parents=True, exist_ok=True)
+    with open(real.with_name(real.name + ".lock"), "a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

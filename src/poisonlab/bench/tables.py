@@ -103,6 +103,19 @@ class Table:
     scale: float = 1.0
     digits: int = 3
     plot: bool = True
+    failed: list[dict[str, str]] = field(default_factory=list)  # axis labels of cells with only failures
+
+    def is_failed(self, row: tuple[str, ...], col: tuple[str, ...]) -> bool:
+        """True when a cell of the matrix at (row, col) has only failed trials."""
+        coords = {**dict(zip(self.row_dims, row)), **dict(zip(self.col_dims, col))}
+        return any(all(coords.get(k, v) == v for k, v in labels.items()) for labels in self.failed)
+
+    def text(self, row: tuple[str, ...], col: tuple[str, ...], full_n: int) -> str:
+        """The shown value of (row, col): 'failed' for a cell whose trials all failed."""
+        stat = self.cells.get((row, col))
+        if (stat is None or stat.n == 0) and self.is_failed(row, col):
+            return "failed"
+        return self.format(stat, full_n)
 
     def col_label(self, col: tuple[str, ...]) -> str:
         if not col:
@@ -144,7 +157,7 @@ class Table:
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         full = self.full_n()
         for row in self.rows:
-            vals = [self.format(self.cells.get((row, c)), full) for c in self.cols]
+            vals = [self.text(row, c, full) for c in self.cols]
             lines.append("| " + " | ".join(self.row_label(row) + vals) + " |")
         if self.has_oracle():
             lines += ["", ORACLE_NOTE]
@@ -227,8 +240,15 @@ def build_table(
     if not values and not keep_empty:
         return None
     order = {d: _ordered(v) for d, v in order.items()}
-    rows = _product([order[d] for d in row_dims], {k[0] for k in values})
-    cols = _product([order[d] for d in col_dims], {k[1] for k in values})
+    failed = _failed_labels(data)
+    present_rows, present_cols = {k[0] for k in values}, {k[1] for k in values}
+    for labels in failed:  # a cell whose trials all failed keeps its column (or row), shown as 'failed'
+        if set(col_dims) <= set(axes):
+            present_cols.add(tuple(labels.get(d, "") for d in col_dims))
+        if set(row_dims) <= set(axes) and values:
+            present_rows.add(tuple(labels.get(d, "") for d in row_dims))
+    rows = _product([order[d] for d in row_dims], present_rows)
+    cols = _product([order[d] for d in col_dims], present_cols)
     table = Table(
         title=spec.title or title or spec.metric,
         metric=spec.metric,
@@ -239,11 +259,20 @@ def build_table(
         scale=spec.scale,
         digits=spec.digits,
         plot=spec.plot,
+        failed=failed,
     )
     for key, vals in values.items():
         table.cells[key] = summarize(vals)
         table.cells[key].oracle = key in oracle_keys
     return table
+
+
+def _failed_labels(data: StoredMatrix) -> list[dict[str, str]]:
+    """Axis labels of the cells with a stored trial, every one of them failed."""
+    status: dict[str, set[str]] = {}
+    for rec in data.trials:
+        status.setdefault(rec["cell_id"], set()).add("ok" if rec["status"] == "ok" else "failed")
+    return [c.labels for c in data.cells if status.get(c.cell_id) == {"failed"}]
 
 
 def _product(levels: list[list[str]], present: set[tuple]) -> list[tuple[str, ...]]:

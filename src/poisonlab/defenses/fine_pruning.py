@@ -28,6 +28,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from poisonlab.checks import check_dataset
 from poisonlab.data import Dataset
 from poisonlab.defenses.base import Defense, Repair
 from poisonlab.errors import ConfigError
@@ -51,13 +52,15 @@ def mask_last_conv(model: nn.Module) -> ChannelMask:
     (in place; idempotent) and return it."""
     body = getattr(model, "body", None)
     if not isinstance(body, nn.Sequential):
-        raise ConfigError("fine_pruning needs a model whose `body` is a Sequential (cnn, resnet18)")
+        raise ConfigError(
+            "fine_pruning: model needs a convolutional body (cnn, resnet18): no Sequential `body`"
+        )
     for child in body:
         if isinstance(child, nn.Sequential) and len(child) == 2 and isinstance(child[1], ChannelMask):
             return child[1]
     convs = [(name, m) for name, m in body.named_modules() if isinstance(m, nn.Conv2d)]
     if not convs:
-        raise ConfigError("fine_pruning needs a convolutional model (cnn, resnet18): no Conv2d in its body")
+        raise ConfigError("fine_pruning: model needs a convolutional body (cnn, resnet18): no Conv2d in it")
     name, conv = convs[-1]
     top = name.split(".")[0]
     mask = ChannelMask(conv.out_channels).to(conv.weight.device)
@@ -133,9 +136,8 @@ class FinePruning(Defense):
         """The oracle stop: the trigger no longer works (never for the defender's rule)."""
         return self.stop == "oracle_success" and asr < self.target_success
 
-    def repair(self, model, clean: Dataset, *, triggered=None, target=None, seed: int = 0) -> Repair:
-        if len(clean) < 2:
-            raise ConfigError("fine_pruning needs at least 2 clean rows")
+    def _repair(self, model, clean: Dataset, *, triggered=None, target=None, seed: int = 0) -> Repair:
+        check_dataset(clean, "fine_pruning.repair", "clean", min_rows=2)
         generator = torch.Generator().manual_seed(seed)
         order = torch.randperm(len(clean), generator=generator)
         n_val = min(len(clean) - 1, max(1, round(self.val_fraction * len(clean))))
@@ -174,7 +176,7 @@ class FinePruning(Defense):
             with torch.no_grad():
                 mask.mask[ranking[:pruned]] = 0.0
             if self.finetune_epochs:
-                train(model, tune, config, seed=seed + len(steps))
+                train(model, tune, config, seed=(seed + len(steps)) % 2**64)
             model.eval()
             acc, asr = accuracy(model, val), attack_success(model, trig_val, target)
             steps.append(

@@ -92,7 +92,7 @@ class ActivationClustering(Detector):
     )
     seed: int | None = Field(None, ge=0, description="clustering seed; the trial's seed if unset")
 
-    def scores(self, data: Dataset, run: TrainRun, *, test=None, generator=None) -> np.ndarray:
+    def _scores(self, data: Dataset, run: TrainRun, *, test=None, generator=None) -> np.ndarray:
         seed = self.seed if self.seed is not None else (generator.initial_seed() if generator else 0)
         feats = penultimate(run, data).numpy()
         return cluster_scores(

@@ -31,6 +31,15 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.nn.grad import conv2d_weight
 
+from poisonlab.checks import (
+    check_checkpoints,
+    check_dataset,
+    check_int,
+    check_model,
+    check_model_fits,
+    check_same_space,
+    check_seed,
+)
 from poisonlab.data import Dataset
 from poisonlab.errors import ConfigError
 from poisonlab.training import Checkpoint
@@ -40,9 +49,13 @@ _UNITS = {"": 1, "b": 1, "kb": 2**10, "k": 2**10, "mb": 2**20, "m": 2**20, "gb":
 
 def parse_bytes(value: int | float | str) -> int:
     """``2**30``, ``"512MB"`` or ``"2 GiB"`` -> bytes."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ConfigError(f"memory_budget {value!r} is not a size such as '2GB' or '512MB'")
     if isinstance(value, int | float):
+        if not math.isfinite(value) or value < 0:
+            raise ConfigError(f"memory_budget must be a finite number of bytes >= 0, got {value!r}")
         return int(value)
-    match = re.fullmatch(r"\s*([0-9.]+)\s*([kmg]?)i?b?\s*", str(value).lower())
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([kmg]?)i?b?\s*", value.lower())
     if not match:
         raise ConfigError(f"memory_budget {value!r} is not a size such as '2GB' or '512MB'")
     return int(float(match.group(1)) * _UNITS[match.group(2)])
@@ -164,10 +177,18 @@ class TracInCP:
         dtype: torch.dtype = torch.float32,
         batch_size: int | None = None,
     ):
-        if not checkpoints:
+        check_model(model, "TracInCP", "model")
+        if not check_checkpoints(model, checkpoints, "TracInCP", "checkpoints"):
             raise ConfigError("TracInCP needs at least one checkpoint (train with checkpoint_every)")
-        if projection_dim is not None and projection_dim < 1:
-            raise ConfigError(f"projection_dim must be positive, got {projection_dim}")
+        if projection_dim is not None:
+            check_int(projection_dim, "TracInCP: projection_dim", minimum=1)
+        check_seed(seed, "TracInCP: seed")
+        if batch_size is not None:
+            check_int(batch_size, "TracInCP: batch_size", minimum=1)
+        if dtype not in (torch.float32, torch.float64):
+            raise ConfigError(f"TracInCP: dtype must be torch.float32 or torch.float64, got {dtype!r}")
+        if layers is not None and (isinstance(layers, str) or not isinstance(layers, Sequence)):
+            raise ConfigError(f"TracInCP: layers must be a list of module names, got {layers!r}")
         self.model = copy.deepcopy(model).to(dtype).eval()
         self.device = next(self.model.parameters()).device
         self.checkpoints = list(checkpoints)
@@ -432,8 +453,18 @@ class TracInCP:
             yield start, data.x[start : start + tile], data.y[start : start + tile]
 
     # ----- public API -----------------------------------------------------------------------------
+    def _check(self, where: str, train: Dataset, test: Dataset | None = None) -> None:
+        """``train`` (and ``test``) are non-empty data the model fits."""
+        where = f"TracInCP.{where}"
+        check_dataset(train, where, "train" if test is not None else "data")
+        check_model_fits(self.model, train, where, "the model", "train" if test is not None else "data")
+        if test is not None:
+            check_dataset(test, where, "test")
+            check_same_space(train, test, where, "train", "test")
+
     def influence(self, train: Dataset, test: Dataset) -> torch.Tensor:
         """The (len(train), len(test)) influence matrix."""
+        self._check("influence", train, test)
         out = torch.zeros(len(train), len(test), dtype=self.dtype)
         self._over_pairs(train, test, lambda start, block: out[start : start + len(block)].add_(block))
         self._check_projection(train, test, out, "influence")
@@ -441,11 +472,13 @@ class TracInCP:
 
     def summed_influence(self, train: Dataset, test: Dataset) -> torch.Tensor:
         """Each training row's influence summed over the test rows (seed 000, Algorithm 1)."""
+        self._check("summed_influence", train, test)
         return self.self_and_summed_influence(train, test)[1]
 
     def self_and_summed_influence(self, train: Dataset, test: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
         """Self-influence and the influence summed over ``test`` of every training row, in one pass:
         sum_j g_i . g_j = g_i . (sum_j g_j), so the test rows only contribute their summed gradient."""
+        self._check("self_and_summed_influence", train, test)
         self._setup(train, 0)
         project = self.projection_dim is not None
         summed = torch.zeros(len(train), dtype=self.dtype)
@@ -471,6 +504,7 @@ class TracInCP:
 
     def self_influence(self, data: Dataset) -> torch.Tensor:
         """TracInCP(z, z) for every row: sum_i eta_i ||grad l(w_i, z)||^2."""
+        self._check("self_influence", data)
         self._setup(data, 1)
         project = self.projection_dim is not None
         out = torch.zeros(len(data), dtype=self.dtype)
@@ -489,8 +523,10 @@ class TracInCP:
         ``proponent_scores``/``opponent_scores`` (opponents: most negative first), from the full
         influence matrix (scores sum over checkpoints, so no row can be dropped before the last one).
         """
-        k = min(k, len(train))
+        k = check_int(k, "TracInCP.top_k: k", minimum=1)
+        self._check("top_k", train, test)
         scores = self.influence(train, test)
+        k = min(k, len(train))
         pro = scores.topk(k, dim=0)
         opp = (-scores).topk(k, dim=0)
         return {

@@ -58,7 +58,11 @@ class DeepKNN(Detector):
     )
     normalize: bool = Field(False, description="L2-normalise the features first (cosine neighbours)")
 
-    def scores(self, data: Dataset, run: TrainRun, *, test=None, generator=None) -> np.ndarray:
+    def check_data(self, data: Dataset, test: Dataset | None = None) -> None:
+        if self.k > len(data):
+            raise ConfigError(f"knn: k = {self.k} is larger than the {len(data)} rows")
+
+    def _scores(self, data: Dataset, run: TrainRun, *, test=None, generator=None) -> np.ndarray:
         feats = penultimate(run, data)
         if self.normalize:
             feats = F.normalize(feats, dim=1)
@@ -116,7 +120,12 @@ class KNNK(Detector):
         """k: as set, or the rows per class (at least 1)."""
         return self.k if self.k is not None else max(1, round(rows / num_classes))
 
-    def scores(self, data: Dataset, run: TrainRun, *, test=None, generator=None) -> np.ndarray:
+    def check_data(self, data: Dataset, test: Dataset | None = None) -> None:
+        k = self.neighbours(len(data), data.num_classes)
+        if k > len(data):
+            raise ConfigError(f"knn_k: k = {k} is larger than the {len(data)} rows")
+
+    def _scores(self, data: Dataset, run: TrainRun, *, test=None, generator=None) -> np.ndarray:
         """1 - confidence: high when the neighbours disagree with the row's label."""
         return (1.0 - self.confidence(penultimate(run, data), data.y, data.num_classes)).numpy()
 

@@ -17,6 +17,8 @@ Use :meth:`SimulatedDetector.select` (or :func:`poisonlab.purification.select_re
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import torch
 from pydantic import Field
@@ -68,7 +70,9 @@ class SimulatedDetector(Detector):
         mask[pick_poison] = True
         return mask
 
-    def scores(
+    needs_run: ClassVar[bool] = False
+
+    def _scores(
         self,
         data: Dataset,
         run: TrainRun | None = None,

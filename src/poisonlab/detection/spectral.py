@@ -57,5 +57,5 @@ class SpectralSignature(Detector):
         False, description="divide each class's scores by their median so classes compare"
     )
 
-    def scores(self, data: Dataset, run: TrainRun, *, test=None, generator=None) -> np.ndarray:
+    def _scores(self, data: Dataset, run: TrainRun, *, test=None, generator=None) -> np.ndarray:
         return spectral_scores(penultimate(run, data), data.y, normalize=self.normalize)

@@ -19,6 +19,14 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from poisonlab.checks import (
+    check_dataset,
+    check_generator,
+    check_images,
+    check_model_accepts,
+    check_model_fits,
+    check_number,
+)
 from poisonlab.data import Dataset
 from poisonlab.errors import ConfigError
 from poisonlab.registry import Method, register
@@ -32,9 +40,14 @@ class InputDetector(Method):
 
 def boundary_for_frr(entropies: np.ndarray, frr: float) -> float:
     """The value below which exactly floor(frr * n) of ``entropies`` lie (midway between neighbours)."""
-    e = np.sort(np.asarray(entropies, dtype=np.float64))
+    e = np.sort(np.asarray(entropies, dtype=np.float64).ravel())
     if len(e) == 0:
         raise ConfigError("strip: no clean inputs to fit the boundary on")
+    if not np.isfinite(e).all():
+        raise ConfigError("strip: the entropies to fit the boundary on contain NaN or inf")
+    frr = check_number(frr, "strip: frr", minimum=0.0)
+    if frr >= 1:
+        raise ConfigError(f"strip: frr must be below 1, got {frr}")
     k = int(np.floor(frr * len(e) + 1e-9))
     if k == 0:
         return float(e[0])
@@ -64,8 +77,13 @@ class Strip(InputDetector):
         self, model: nn.Module, x: torch.Tensor, pool: torch.Tensor, generator: torch.Generator
     ) -> np.ndarray:
         """Mean prediction entropy of each input superimposed with ``num_overlays`` images of ``pool``."""
+        where = "strip.entropy"
+        check_images(pool, where, "pool")
         if len(pool) == 0:
             raise ConfigError("strip: the clean overlay pool is empty")
+        check_images(x, where, "x", tuple(pool.shape[1:]))
+        check_model_accepts(model, pool, where, "model", "pool's images")
+        check_generator(generator, where)
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device
@@ -98,6 +116,11 @@ class Strip(InputDetector):
         the rest and FAR on ``triggered`` inputs. Returns (metrics, entropies by group)."""
         from sklearn.metrics import roc_auc_score
 
+        where = "strip.evaluate"
+        check_dataset(clean, where, "clean")
+        check_model_fits(model, clean, where, "model", "clean")
+        check_images(triggered, where, "triggered", clean.input_shape)
+        check_generator(generator, where)
         order = torch.randperm(len(clean), generator=generator)
         n_fit = max(1, round(self.fit_fraction * len(clean)))
         fit_x, held_x = clean.x[order[:n_fit]], clean.x[order[n_fit:]]

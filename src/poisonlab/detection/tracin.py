@@ -19,12 +19,12 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 
 from poisonlab.data import Dataset
 from poisonlab.detection.base import Detector
-from poisonlab.detection.influence import TracInCP
+from poisonlab.detection.influence import TracInCP, parse_bytes
 from poisonlab.errors import ConfigError
 from poisonlab.registry import register
 from poisonlab.training import Checkpoint, TrainRun
@@ -51,7 +51,13 @@ class _TracInDetector(Detector):
     layers: list[str] | None = Field(None, description="module names whose parameters count; all if unset")
     memory_budget: str = Field("2GB", description="working-memory bound of the gradient tiles")
 
-    def _scores(self, run: TrainRun, data: Dataset, test: Dataset | None, pick: torch.Tensor | None):
+    @field_validator("memory_budget")
+    @classmethod
+    def _size(cls, value: str) -> str:
+        parse_bytes(value)  # a size such as '2GB' (rejected with the other parameters, before any work)
+        return value
+
+    def _influence(self, run: TrainRun, data: Dataset, test: Dataset | None, pick: torch.Tensor | None):
         """Self and summed scores; detectors of one run share one gradient pass (in ``run.cache``)."""
         key = ("tracin", id(data), tuple(self.layers or ()), self.memory_budget)
         picked = None if pick is None else tuple(pick.tolist())
@@ -72,8 +78,8 @@ class _TracInDetector(Detector):
 class TracInSelf(_TracInDetector):
     """TracInCP self-influence: sum over checkpoints of lr * ||grad loss(z)||^2 (needs no test set)."""
 
-    def scores(self, data, run: TrainRun, *, test=None, generator=None) -> np.ndarray:
-        return self._scores(run, data, None, None)[0].numpy()
+    def _scores(self, data, run: TrainRun, *, test=None, generator=None) -> np.ndarray:
+        return self._influence(run, data, None, None)[0].numpy()
 
 
 @register("detector", "tracin_test")
@@ -86,11 +92,13 @@ class TracInTest(_TracInDetector):
         description="negative: opponents are suspicious (flipped labels); positive: Algorithm 1 as written",
     )
 
-    def scores(self, data, run: TrainRun, *, test=None, generator=None) -> np.ndarray:
+    def check_data(self, data: Dataset, test: Dataset | None = None) -> None:
         if test is None or len(test) == 0:
-            raise ConfigError("tracin_test needs a test set")
+            raise ConfigError("tracin_test.scores: test is missing or empty (it draws num_test test points)")
+
+    def _scores(self, data, run: TrainRun, *, test=None, generator=None) -> np.ndarray:
         # every tracin_test detector of a trial draws the same test points (from the trial's seed)
         seed = generator.initial_seed() if generator is not None else 0
         pick = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))[: self.num_test]
-        s = self._scores(run, data, test, pick)[1]
+        s = self._influence(run, data, test, pick)[1]
         return {"negative": -s, "positive": s, "absolute": s.abs()}[self.sign].numpy()

@@ -15,11 +15,12 @@ import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from poisonlab.checks import check_dataset, check_extractor, check_generator, check_model_fits
 from poisonlab.data import Dataset
 from poisonlab.errors import ConfigError, DataError
 from poisonlab.models import MODELS, build_model
@@ -37,25 +38,53 @@ class Purification:
 
 
 class Purifier(Method):
-    """Base of every purifier."""
+    """Base of every purifier: :meth:`purify` validates its arguments, then calls ``_purify``."""
 
     kind = "purifier"
+    needs_generator: ClassVar[bool] = True  # a purifier that draws nothing at random sets it False
 
     def purify(
         self,
         data: Dataset,
         reference_mask: torch.Tensor,
         *,
-        generator: torch.Generator,
+        generator: torch.Generator | None = None,
         extractor: nn.Module | None = None,
         model: nn.Module | None = None,
+    ) -> Purification:
+        """Purify ``data`` keeping its ``reference_mask`` rows; bad arguments fail here, before any work."""
+        where = f"{self.name or type(self).__name__}.purify"
+        check_dataset(data, where, "data", min_classes=1)  # a model it trains checks the classes
+        check_reference(data, reference_mask, where)
+        if self.needs_generator or generator is not None:
+            check_generator(generator, where)
+        if model is not None:
+            check_model_fits(model, data, where, "model", "data")
+        if extractor is not None:
+            check_extractor(extractor, data, where)
+        return self._purify(data, reference_mask, generator=generator, extractor=extractor, model=model)
+
+    def _purify(
+        self,
+        data: Dataset,
+        reference_mask: torch.Tensor,
+        *,
+        generator: torch.Generator | None,
+        extractor: nn.Module | None,
+        model: nn.Module | None,
     ) -> Purification:
         raise NotImplementedError
 
 
 def check_reference(data: Dataset, reference_mask, who: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(reference rows, untrusted rows) of ``data``; one-line ConfigError for a bad mask."""
-    mask = torch.as_tensor(reference_mask)
+    try:
+        mask = torch.as_tensor(reference_mask)
+    except (TypeError, ValueError, RuntimeError):
+        raise ConfigError(
+            f"{who}: reference_mask must be a 1-D bool tensor with one flag per row ({len(data)}), "
+            f"got {type(reference_mask).__name__}"
+        ) from None
     if mask.dtype != torch.bool or mask.ndim != 1 or len(mask) != len(data):
         raise ConfigError(
             f"{who}: reference_mask must be a 1-D bool tensor with one flag per row ({len(data)}), "

@@ -177,7 +177,7 @@ class Mendata(Purifier):
 
     # ------------------------------------------------------------------ Algorithm 1
 
-    def purify(
+    def _purify(
         self,
         data: Dataset,
         reference_mask,

@@ -44,7 +44,7 @@ class RandomNoise(Purifier):
         0.1, ge=0, description="standard deviation of the per-pixel noise (pixels in [0, 1])"
     )
 
-    def purify(self, data, reference_mask, *, generator, extractor=None, model=None) -> Purification:
+    def _purify(self, data, reference_mask, *, generator, extractor=None, model=None) -> Purification:
         _, untrusted = check_reference(data, reference_mask, self.name)
         x = data.x[untrusted]
         noise = torch.randn(x.shape, generator=generator) * self.sigma
@@ -117,7 +117,9 @@ class FriendlyNoise(Purifier):
             raise ValueError(f"unknown model {value!r}; known: {', '.join(MODELS)}")
         return value
 
-    def purify(self, data: Dataset, reference_mask, *, generator, extractor=None, model=None) -> Purification:
+    def _purify(
+        self, data: Dataset, reference_mask, *, generator, extractor=None, model=None
+    ) -> Purification:
         """``model``: trained on the whole manipulated data (the victim); trained here when omitted."""
         _, untrusted = check_reference(data, reference_mask, self.name)
         if model is None:

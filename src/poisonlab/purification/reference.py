@@ -14,9 +14,12 @@ remove-and-retrain, registered under that name too.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import torch
 
+from poisonlab.checks import check_dataset, check_generator
 from poisonlab.data import Dataset
 from poisonlab.detection.base import Detector
 from poisonlab.detection.knn import KNNK, DeepKNN, per_class_top
@@ -54,6 +57,17 @@ def select_reference(
     ``is_poisoned`` (the true mask) is read only by the simulated oracle. ``features`` (N, d), when given,
     replace ``run``'s penultimate features for the k-NN detectors (e.g. a separately trained extractor's).
     """
+    where = "select_reference"
+    if not isinstance(detector, Detector):
+        raise ConfigError(f"{where}: detector must be a registered detector, got {type(detector).__name__}")
+    check_dataset(data, where, "data", min_classes=1)
+    if generator is not None:
+        check_generator(generator, where)
+    if features is not None and (
+        not isinstance(features, torch.Tensor) or features.ndim != 2 or len(features) != len(data)
+    ):
+        got = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
+        raise ConfigError(f"{where}: features must be a (rows, dims) tensor with {len(data)} rows, got {got}")
     generator = generator or torch.Generator().manual_seed(0)
     if isinstance(detector, SimulatedDetector):
         if is_poisoned is None:
@@ -102,7 +116,9 @@ def reference_quality(reference_mask: torch.Tensor, is_poisoned: torch.Tensor) -
 class Ref(Purifier):
     """Ref (seed 003 sec. 5.3): drop the untrusted rows and train on the reference set alone."""
 
-    def purify(self, data, reference_mask, *, generator=None, extractor=None, model=None) -> Purification:
+    needs_generator: ClassVar[bool] = False
+
+    def _purify(self, data, reference_mask, *, generator=None, extractor=None, model=None) -> Purification:
         reference, untrusted = check_reference(data, reference_mask, self.name)
         return Purification(data.subset(reference), reference, {"removed": len(untrusted)})
 
