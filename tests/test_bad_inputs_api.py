@@ -280,6 +280,24 @@ CASES: list[Case] = [
     Case("subset-out-of-range", lambda w: w.train.subset([0, 99]), D, r"index 99 out of range"),
     Case("subset-float-index", lambda w: w.train.subset([0.5]), D, r"integers or a bool mask"),
     Case(
+        "replace-rows-out-of-box",
+        lambda w: w.train.replace_rows([0], torch.full((1, 1, 8, 8), 2.0)),
+        D,
+        r"x values must be in \[0, 1\]",
+    ),
+    Case(
+        "replace-rows-shape",
+        lambda w: w.train.replace_rows([0, 1], torch.zeros(1, 1, 8, 8)),
+        D,
+        r"replacement rows have shape \(1, 1, 8, 8\), expected \(2, 1, 8, 8\)",
+    ),
+    Case(
+        "replace-rows-label",
+        lambda w: w.train.replace_rows([0], torch.zeros(1, 1, 8, 8), 9),
+        D,
+        r"label 9 out of range for 4 classes",
+    ),
+    Case(
         "with-labels-out-of-range",
         lambda w: w.train.with_labels(torch.full((40,), 9)),
         D,
@@ -647,6 +665,12 @@ CASES: list[Case] = [
     ),
     Case("scores-knn-k", lambda w: scores("knn", w, k=1000), C, r"k = 1000 is larger than the 40 rows"),
     Case("scores-tracin-test-no-test", lambda w: scores("tracin_test", w), C, r"test is missing or empty"),
+    Case(
+        "scores-tracin-test-too-few-test-rows",
+        lambda w: scores("tracin_test", w, test=w.test, num_test=1000),
+        C,
+        r"num_test 1000 exceeds the \d+ rows of the test split",
+    ),
     Case(
         "scores-test-other-classes",
         lambda w: scores("tracin_test", w, test=w.three),

@@ -405,3 +405,17 @@ def test_stratified_subset_counts():
     assert not torch.equal(stratified_subset(d, 53, seed=4).x, s.x)
     assert len(stratified_subset(d, len(d))) == len(d)
     raises_data_error(stratified_subset, d, len(d) + 1, match="cannot take")
+
+
+def test_replace_rows_returns_a_copy_with_only_those_rows_changed():
+    data = load_digits()
+    idx = torch.tensor([3, 10, 42])
+    new = torch.full((3, *data.input_shape), 0.5)
+    before = data.x.clone(), data.y.clone()
+    out = data.replace_rows(idx, new, 7)
+    assert torch.equal(data.x, before[0]) and torch.equal(data.y, before[1])  # the input is kept
+    assert torch.equal(out.x[idx], new) and (out.y[idx] == 7).all()
+    keep = torch.ones(len(data), dtype=torch.bool)
+    keep[idx] = False
+    assert torch.equal(out.x[keep], data.x[keep]) and torch.equal(out.y[keep], data.y[keep])
+    assert torch.equal(data.replace_rows(idx, new).y, data.y)  # labels kept without y

@@ -194,6 +194,22 @@ class Dataset:
         out._check(check_x=False)
         return out
 
+    def replace_rows(self, idx, x: torch.Tensor, y: torch.Tensor | None = None) -> Dataset:
+        """A copy whose rows ``idx`` hold the images ``x`` (and labels ``y``; kept when None). Only the new
+        rows are validated (finite, in [0, 1], labels in range), so replacing a few rows stays cheap."""
+        t = self._index(idx)
+        where = f"dataset {self.name!r}" if self.name else "dataset"
+        x = x.detach().to(self.x.device, self.x.dtype)
+        if x.shape != (len(t), *self.x.shape[1:]):
+            expected = (len(t), *self.input_shape)
+            raise _fail(where, f"replacement rows have shape {tuple(x.shape)}, expected {expected}")
+        xs, ys = self.x.clone(), self.y.clone()
+        xs[t] = x
+        if y is not None:
+            ys[t] = torch.as_tensor(y).to(ys.device, ys.dtype).expand(len(t))
+        Dataset._trusted(x, ys[t], self.classes, self.name)._check(check_x=True)
+        return Dataset._trusted(xs, ys, self.classes, self.name)
+
     def class_counts(self) -> np.ndarray:
         """Number of rows per class, an int64 array of length ``num_classes``."""
         return np.bincount(self.y.cpu().numpy(), minlength=self.num_classes).astype(np.int64)

@@ -14,7 +14,7 @@ the rest, against the first backdoor attack of the config: ``defense.<id>.clean_
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -25,18 +25,18 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from poisonlab import data as datalib
-from poisonlab.attacks import Attack, BackdoorAttack
+from poisonlab.attacks import Attack
 from poisonlab.defenses import Defense
 from poisonlab.detection import Detector
 from poisonlab.detection.strip import InputDetector
 from poisonlab.errors import ConfigError, PoisonlabError
-from poisonlab.metrics import aggregate, detection_metrics, is_oracle_metric, mad_threshold, standard_errors
+from poisonlab.metrics import aggregate, is_oracle_metric, standard_errors
 from poisonlab.models import MODELS, build_model
-from poisonlab.poison import PoisonedDataset
 from poisonlab.purification import Purifier
 from poisonlab.registry import create, format_validation_error
 from poisonlab.results import environment
-from poisonlab.training import TrainConfig, TrainRun, accuracy, train, train_head
+from poisonlab.training import TrainConfig
+from poisonlab.trial import TrialArtifacts, run_trial, without_targets  # noqa: F401  (the runner's API)
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
 
@@ -435,13 +435,9 @@ def check_data(config: ExperimentConfig, train_set, test_set, holdout=None, *, d
     if present < 2:
         raise ConfigError(f"data: the training split holds {present} class(es); a classifier needs 2")
     for where, method in config.methods():
-        check = getattr(method, "check_data", None)
         try:
-            if check is not None and where.startswith(("attacks", "detectors", "reference")):
-                check(train_set, test_set)
-            num_test = getattr(method, "num_test", None)  # tracin_test would silently draw fewer
-            if isinstance(num_test, int) and num_test > len(test_set):
-                raise ConfigError(f"num_test {num_test} exceeds the {len(test_set)} rows of the test split")
+            if where.startswith(("attacks", "detectors", "reference")):
+                method.check_data(train_set, test_set)
         except PoisonlabError as err:
             raise type(err)(f"{where}: {err}") from None
     if config.detect_with == "weights":  # the file fits the model built for this data
@@ -452,92 +448,11 @@ def check_data(config: ExperimentConfig, train_set, test_set, holdout=None, *, d
 
 
 @dataclass
-class TrialArtifacts:
-    """What one trial leaves for the report: the poisoned set, the detection run and the scores."""
-
-    poisoned: PoisonedDataset
-    goal_ids: list[str]
-    run: TrainRun  # the model the detectors read (detect_with)
-    history: list[dict] = field(default_factory=list)  # the victim's training history
-    scores: dict[str, np.ndarray] = field(default_factory=dict)
-    thresholds: dict[str, float] = field(default_factory=dict)
-    backdoors: dict[str, dict[str, Any]] = field(default_factory=dict)  # trigger and triggered examples
-    input_detection: dict[str, dict[str, Any]] = field(default_factory=dict)  # STRIP entropies, boundary
-    defenses: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-step tables of the repairs
-    purification: dict[str, dict[str, Any]] = field(default_factory=dict)  # examples, critic values
-    targeted: dict[str, dict[str, Any]] = field(default_factory=dict)  # target, poisons before / after
-
-
-@dataclass
 class ExperimentResult:
     """Everything ``poisonlab run`` writes: ``results`` is results.json; ``first`` feeds the report."""
 
     results: dict[str, Any]
     first: TrialArtifacts
-
-
-def _apply_attacks(train_set, attacks, generator, victim=None, test=None):
-    """Craft every attack in turn on the released set so far; (poisoned set, attack ids)."""
-    poisoned = PoisonedDataset(
-        train_set,
-        torch.zeros(0, dtype=torch.int64),
-        train_set.subset([]),
-        (),
-        torch.zeros(0, dtype=torch.int64),
-    )
-    for _, attack in attacks:
-        poisoned = poisoned.then(attack.craft(poisoned.data, generator=generator, victim=victim, test=test))
-    return poisoned, [ident for ident, _ in attacks]
-
-
-NET_KEYS = ("success", "success_rate")  # attack metrics also reported net of the clean twin
-
-
-def _evaluate_attacks(prefix, attacks, goals, model, test_set, twin, metrics) -> None:
-    """Each attack's metrics on ``model`` under ``prefix.<id>.``, with ``twin_<key>`` (the same target or
-    trigger on the twin trained without poisons) and, for the success keys, ``net_<key>`` (model minus twin)
-    when there is a twin."""
-    for (ident, attack), goal in zip(attacks, goals):
-        values = attack.evaluate(model, test_set, goal)
-        for key, value in values.items():
-            metrics[f"{prefix}.{ident}.{key}"] = value
-        if twin is None:
-            continue
-        base = twin.get(ident)
-        if base is None:
-            base = twin[ident] = attack.evaluate(twin["model"], test_set, goal)
-        for key, value in base.items():
-            if prefix == "attack":  # once; the purifiers' net values subtract the same numbers
-                metrics[f"{prefix}.{ident}.twin_{key}"] = value
-            if key in NET_KEYS and key in values:
-                metrics[f"{prefix}.{ident}.net_{key}"] = values[key] - value
-
-
-def without_targets(test_set, goals):
-    """The test set without the targets of targeted attacks (seed 003: accuracy excludes the target)."""
-    rows = sorted({g.target_index for g in goals if g.target_index is not None})
-    if not rows:
-        return test_set
-    keep = torch.ones(len(test_set), dtype=torch.bool)
-    keep[rows] = False
-    return test_set.subset(keep)
-
-
-def _detection_run(config, data, victim, twin, fit, holdout, seed) -> TrainRun:
-    """The model whose checkpoints and features the detectors read (``detect_with``)."""
-    if config.detect_with == "victim":
-        return victim
-    if config.detect_with == "oracle_clean":
-        return twin["run"]
-    if config.detect_with == "holdout":
-        return fit(holdout, "holdout model")
-    from poisonlab.purification.base import load_weights
-    from poisonlab.training import Checkpoint
-
-    model = build_model(config.model, data.input_shape, data.num_classes, seed=seed)
-    model = load_weights(model, config.detect_weights, "detect_weights").eval()
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    return TrainRun(model, [Checkpoint(epoch=0, lr=1.0, state=state)])  # one checkpoint, unit step
 
 
 def oracle_prefixes(config: ExperimentConfig) -> dict[str, str]:
@@ -555,263 +470,6 @@ def oracle_prefixes(config: ExperimentConfig) -> dict[str, str]:
         if defense.oracle():
             out[f"defense.{ident}"] = defense.oracle()
     return out
-
-
-def run_trial(
-    config: ExperimentConfig, train_set, test_set, trial: int, *, holdout=None, progress: bool = False
-) -> tuple[dict[str, float], dict[str, float], TrialArtifacts]:
-    """One trial: attack, train the victim and its clean twin, evaluate, detect, defend, purify.
-
-    Returns (metrics, timings, artifacts). Accuracies are measured on the test set without the targets of
-    targeted attacks; attack metrics come with the twin's and the net (victim minus twin) values.
-    """
-    seed = config.seed + trial
-    generator = torch.Generator().manual_seed(seed)
-    metrics: dict[str, float] = {}
-    timings: dict[str, float] = {}
-    attacks, detectors = config.build_attacks(), config.build_detectors()
-    if config.detect_with == "holdout" and holdout is None:
-        raise ConfigError("detect_with: holdout needs the held-out rows (data.holdout_size)")
-
-    extractor = None
-    if config.setting == "transfer":  # the clean pretrained model; only its head is retrained
-        t0 = time.perf_counter()
-        model = build_model(config.model, train_set.input_shape, train_set.num_classes, seed=seed)
-        extractor = train(model, train_set, config.train, seed=seed, progress=progress, desc="extractor")
-        extractor = extractor.model
-        for name, p in extractor.named_parameters():
-            p.requires_grad_(name.startswith("head."))
-        timings["train_extractor"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    poisoned, goal_ids = _apply_attacks(train_set, attacks, generator, extractor, test_set)
-    timings["attack"] = time.perf_counter() - t0
-    eval_set = without_targets(test_set, poisoned.goals)
-    if extractor is not None:
-        metrics["extractor.clean_accuracy"] = accuracy(extractor, eval_set)
-    metrics["attack.poison_count"] = float(len(poisoned.poison_idx))
-    metrics["attack.poison_fraction"] = len(poisoned.poison_idx) / len(train_set)
-    for gi, ident in enumerate(goal_ids):
-        metrics[f"attack.{ident}.poison_count"] = float(poisoned.mask_of(gi).sum())
-        linf, l2 = poisoned.perturbation(gi)
-        if len(linf):  # measured from the clean originals
-            metrics[f"attack.{ident}.perturbation_linf"] = float(linf.max())
-            metrics[f"attack.{ident}.perturbation_l2"] = float(l2.mean())
-
-    def fit(data, desc):
-        if extractor is not None:
-            head = config.head_train or config.train
-            return train_head(
-                extractor, data, head, seed=seed, eval_data=test_set, progress=progress, desc=desc
-            )
-        model = build_model(config.model, data.input_shape, data.num_classes, seed=seed)
-        return train(model, data, config.train, seed=seed, eval_data=test_set, progress=progress, desc=desc)
-
-    t0 = time.perf_counter()
-    victim = fit(poisoned.data, f"trial {trial + 1}: victim")
-    timings["train_victim"] = time.perf_counter() - t0
-    metrics["victim.clean_accuracy"] = accuracy(victim.model, eval_set)
-    metrics["victim.train_accuracy_released"] = accuracy(victim.model, poisoned.data)
-    twin = None  # the victim's twin: trained identically on the clean rows, for net effects
-    if config.baseline or config.detect_with == "oracle_clean":
-        t0 = time.perf_counter()
-        run = fit(poisoned.clean_data(), f"trial {trial + 1}: twin without poisons")
-        twin = {"run": run, "model": run.model}
-        timings["train_twin"] = time.perf_counter() - t0
-        metrics["twin.clean_accuracy"] = accuracy(run.model, eval_set)
-        metrics["attack.accuracy_drop"] = metrics["twin.clean_accuracy"] - metrics["victim.clean_accuracy"]
-    _evaluate_attacks("attack", attacks, poisoned.goals, victim.model, test_set, twin, metrics)
-
-    t0 = time.perf_counter()
-    run = _detection_run(config, poisoned.data, victim, twin, fit, holdout, seed)
-    timings["detection_model"] = time.perf_counter() - t0
-    artifacts = TrialArtifacts(poisoned, goal_ids, run, history=victim.history)
-    is_poison = poisoned.is_poisoned.numpy()
-    for ident, detector in detectors:
-        t0 = time.perf_counter()
-        scores = detector.scores(poisoned.data, run, test=test_set, generator=generator)
-        timings[f"detect.{ident}"] = time.perf_counter() - t0
-        scores = np.asarray(scores, dtype=np.float64)
-        thr = (
-            mad_threshold(scores, config.threshold_k)
-            if config.threshold == "mad"
-            else float(config.threshold)
-        )
-        artifacts.scores[ident], artifacts.thresholds[ident] = scores, thr
-        for key, value in detection_metrics(scores, is_poison, thr).items():
-            metrics[f"detection.{ident}.{key}"] = value
-        if len(poisoned.goals) > 1:  # each attack's poisons against the clean rows
-            for gi, gid in enumerate(goal_ids):
-                keep = ~is_poison | poisoned.mask_of(gi).numpy()
-                per_attack = detection_metrics(scores[keep], is_poison[keep], thr)
-                for key in ("auroc", "recall", "recall_at_1pct", "recall_at_5pct", "recall_at_budget"):
-                    if key in per_attack:
-                        metrics[f"detection.{ident}.{gid}.{key}"] = per_attack[key]
-    _backdoor_examples(artifacts, attacks, test_set)
-    _targeted_examples(artifacts, attacks)
-    _defend(config, victim, twin, attacks, poisoned, eval_set, seed, metrics, timings, artifacts)
-    _purify(config, fit, victim, run, twin, attacks, poisoned, eval_set, test_set, generator, metrics,
-            timings, artifacts)  # fmt: skip
-    return metrics, timings, artifacts
-
-
-def _first_backdoor(attacks, poisoned: PoisonedDataset):
-    """(attack, goal) of the first backdoor attack of the config, or (None, None)."""
-    for (_, attack), goal in zip(attacks, poisoned.goals):
-        if isinstance(attack, BackdoorAttack):
-            return attack, goal
-    return None, None
-
-
-def _targeted_examples(artifacts: TrialArtifacts, attacks, count: int = 5) -> None:
-    """The report's view of each targeted attack: the target, then a few poisons before and after crafting."""
-    poisoned = artifacts.poisoned
-    classes = poisoned.data.classes
-    for gi, ((ident, attack), goal) in enumerate(zip(attacks, poisoned.goals)):
-        if goal.target_x is None:
-            continue
-        rows = poisoned.mask_of(gi).nonzero().flatten()[:count]
-        orig = {int(i): j for j, i in enumerate(poisoned.poison_idx.tolist())}
-        target = goal.target_x.cpu()
-        before = torch.cat([target, poisoned.original.x[[orig[int(i)] for i in rows]]])
-        after = torch.cat([target, poisoned.data.x[rows]])
-        captions = [f"target {classes[int(goal.target_y[0])]} -> {classes[goal.adversarial_label]}"]
-        captions += [f"#{int(i)} {classes[poisoned.data.y[i]]}" for i in rows]
-        artifacts.targeted[ident] = {"name": attack.name, "before": before.numpy(), "after": after.numpy(),
-                                     "captions": captions}  # fmt: skip
-
-
-def _backdoor_examples(artifacts: TrialArtifacts, attacks, test_set, count: int = 6) -> None:
-    """The report's trigger picture, a few poisoned rows and a few triggered test images per backdoor."""
-    poisoned = artifacts.poisoned
-    for gi, ((ident, attack), goal) in enumerate(zip(attacks, poisoned.goals)):
-        if not isinstance(attack, BackdoorAttack) or goal.trigger is None:
-            continue
-        rows = poisoned.mask_of(gi).nonzero().flatten()[:count]
-        orig = {int(i): j for j, i in enumerate(poisoned.poison_idx.tolist())}
-        classes = poisoned.data.classes
-        captions = [
-            f"#{int(i)} given {classes[poisoned.data.y[i]]} / orig "
-            f"{classes[poisoned.original.y[orig[int(i)]]]}"
-            for i in rows
-        ]
-        trig = attack.triggered(test_set.subset(torch.arange(min(len(test_set), 200))), goal)
-        artifacts.backdoors[ident] = {
-            "trigger": goal.trigger.numpy(),
-            "poisons": poisoned.data.x[rows].numpy(),
-            "originals": poisoned.original.x[[orig[int(i)] for i in rows]].numpy(),
-            "captions": captions,
-            "triggered": trig.x[:count].numpy(),
-            "triggered_captions": [f"test {classes[c]} + trigger" for c in trig.y[:count].tolist()],
-        }
-
-
-def _defend(config, victim, twin, attacks, poisoned, test_set, seed, metrics, timings, artifacts) -> None:
-    """Input detectors and model defenses on the victim, with a seeded defender's share of the test set.
-
-    ``defense.<id>.net_attack_success`` is the repaired model's success minus the twin's on the same rows.
-    """
-    defenses, input_detectors = config.build_defenses(), config.build_input_detectors()
-    if not defenses and not input_detectors:
-        return
-    if len(test_set) < 4:
-        raise ConfigError(f"defenses need a test set of at least 4 rows, got {len(test_set)}")
-    perm = torch.randperm(len(test_set), generator=torch.Generator().manual_seed(seed))
-    n_def = min(len(test_set) - 2, max(2, round(config.defender_fraction * len(test_set))))
-    defender, held = test_set.subset(perm[:n_def]), test_set.subset(perm[n_def:])
-    attack, goal = _first_backdoor(attacks, poisoned)
-    trig_held = attack.triggered(held, goal).x if attack is not None else held.x[:0]
-    for ident, detector in input_detectors:
-        t0 = time.perf_counter()
-        values, entropies = detector.evaluate(
-            victim.model, defender, trig_held, torch.Generator().manual_seed(seed)
-        )
-        timings[f"input_detect.{ident}"] = time.perf_counter() - t0
-        for key, value in values.items():
-            metrics[f"{ident}.{key}"] = value
-        artifacts.input_detection[ident] = {**entropies, "boundary": values["boundary"], "frr": detector.frr}
-    for ident, defense in defenses:
-        t0 = time.perf_counter()
-        target = attack.target if attack is not None else None
-        trig_def = attack.triggered(defender, goal).x if attack is not None else None
-        repair = defense.repair(victim.model, defender, triggered=trig_def, target=target, seed=seed)
-        timings[f"defense.{ident}"] = time.perf_counter() - t0
-        prefix = f"defense.{ident}"
-        for when, model in (("_before", victim.model), ("", repair.model)):
-            metrics[f"{prefix}.clean_accuracy{when}"] = accuracy(model, held)
-            if attack is not None:
-                success = attack.evaluate(model, held, goal).get("success_rate", float("nan"))
-                metrics[f"{prefix}.attack_success{when}"] = success
-        if attack is not None and twin is not None:
-            on_twin = attack.evaluate(twin["model"], held, goal).get("success_rate", float("nan"))
-            metrics[f"{prefix}.twin_attack_success"] = on_twin
-            metrics[f"{prefix}.net_attack_success"] = metrics[f"{prefix}.attack_success"] - on_twin
-        kept = repair.steps[repair.info.get("kept_step", len(repair.steps) - 1)] if repair.steps else {}
-        if "pruned_fraction" in kept:
-            metrics[f"{prefix}.pruned_fraction"] = kept["pruned_fraction"]
-        metrics[f"{prefix}.steps"] = float(max(0, len(repair.steps) - 1))
-        artifacts.defenses[ident] = {"name": defense.name, "steps": repair.steps, **repair.info,
-                                     "max_accuracy_drop": getattr(defense, "max_accuracy_drop", None),
-                                     "target_success": getattr(defense, "target_success", None)}  # fmt: skip
-
-
-def _purify(
-    config, fit, victim, run, twin, attacks, poisoned, eval_set, test_set, generator, metrics, timings,
-    artifacts,
-):
-    """Seed 003: select a reference set, purify the rest with each purifier, retrain, measure.
-
-    The reference detector reads ``run``'s features (k-NN detectors) or, for the simulated oracle, the true
-    poison mask. Friendly noise keeps the victim's outputs and Mendata's extractor is the victim (the model
-    trained on the released rows, Mendata's ``extractor_source: released``) unless it loads
-    ``extractor_weights`` or asks for ``extractor_source: reference``. Metrics: ``purification.reference.*``
-    (size, poisons, precision, recall), ``purification.<id>.clean_accuracy`` and
-    ``purification.<id>.<attack id>.<key>`` (e.g. ``success_rate``).
-    """
-    from poisonlab.purification import reference_quality, select_reference
-
-    purifiers = config.build_purifiers()
-    if not purifiers:
-        return
-    t0 = time.perf_counter()
-    ref = select_reference(
-        config.build_reference(), poisoned.data, run=run, is_poisoned=poisoned.is_poisoned, test=test_set,
-        generator=generator,
-    )  # fmt: skip
-    timings["purify.reference"] = time.perf_counter() - t0
-    for key, value in reference_quality(ref, poisoned.is_poisoned).items():
-        metrics[f"purification.reference.{key}"] = value
-    untrusted = (~ref).nonzero().flatten()
-    flagged = poisoned.is_poisoned[untrusted]
-    shown = torch.cat([untrusted[flagged], untrusted[~flagged]])[:6]  # poisoned untrusted rows first
-    for ident, purifier in purifiers:
-        t0 = time.perf_counter()
-        own = getattr(purifier, "extractor_source", None) == "reference" or getattr(
-            purifier, "extractor_weights", None
-        )
-        extractor = None if own else victim.model
-        data = poisoned.data
-        out = purifier.purify(data, ref, generator=generator, model=victim.model, extractor=extractor)
-        timings[f"purify.{ident}"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        model = fit(out.data, f"purified: {ident}").model
-        timings[f"purify.{ident}.retrain"] = time.perf_counter() - t0
-        metrics[f"purification.{ident}.clean_accuracy"] = accuracy(model, eval_set)
-        metrics[f"purification.{ident}.rows"] = float(len(out.data))
-        _evaluate_attacks(f"purification.{ident}", attacks, poisoned.goals, model, test_set, twin, metrics)
-        where = {int(r): i for i, r in enumerate(out.kept.tolist())}
-        rows = [int(r) for r in shown if int(r) in where]
-        classes = poisoned.data.classes
-        artifacts.purification[ident] = {
-            "name": purifier.name,
-            "before": poisoned.data.x[rows].numpy(),
-            "after": out.data.x[[where[r] for r in rows]].numpy() if rows else None,
-            "captions": [
-                f"#{r} {classes[poisoned.data.y[r]]}" + (" (poison)" if poisoned.is_poisoned[r] else "")
-                for r in rows
-            ],
-            "critic_values": out.info.get("critic_values"),
-        }
 
 
 def run_experiment(config: ExperimentConfig, *, progress: bool = False, splits=None) -> ExperimentResult:
@@ -897,15 +555,6 @@ def report_views(result: ExperimentResult, top_k: int):
 
 
 def report_figures(result: ExperimentResult) -> dict[str, bytes]:
-    """The report's extra figures of the first trial (triggers, STRIP entropies, fine-pruning curves,
-    purified examples and Mendata's critic values)."""
-    from poisonlab.report import backdoor_figures, purification_figures, purification_png
-
-    art = result.first
-    figures = backdoor_figures(art.backdoors, art.input_detection, art.defenses)
-    figures.update(purification_figures(art.purification))
-    for ident, t in art.targeted.items():
-        figures[f"{ident}: the target and poisons before / after crafting"] = purification_png(
-            t["name"], t["before"], t["after"], t["captions"]
-        )
-    return figures
+    """The report's extra figures of the first trial, each drawn by the method that left the record
+    (triggers, targets and poisons, STRIP entropies, fine-pruning curves, purified examples)."""
+    return result.first.figures()

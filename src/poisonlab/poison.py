@@ -89,6 +89,11 @@ class PoisonedDataset:
         mask[self.poison_idx[self.poison_goal == goal_index]] = True
         return mask
 
+    def originals(self, rows: torch.Tensor) -> Dataset:
+        """The clean originals of the poisoned released ``rows`` (each must be in ``poison_idx``)."""
+        position = {int(i): j for j, i in enumerate(self.poison_idx.tolist())}
+        return self.original.subset([position[int(r)] for r in rows])
+
     def perturbation(self, goal_index: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Per poisoned row (of ``goals[goal_index]``, or all), the L_inf and L2 norms of the released image
         minus its clean original (for an appended row, the clean row it was initialised from)."""

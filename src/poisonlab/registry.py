@@ -39,6 +39,11 @@ class Method(BaseModel):
         """The resolved parameters with the method's name, as written in a config."""
         return {"name": self.name, **self.model_dump(mode="json")}
 
+    def figures(self, ident: str, record: dict[str, Any]) -> dict[str, bytes]:
+        """The report's figures (title -> PNG) of ``record``, what this method left in the first trial
+        (configured as ``ident``); none by default. Rendered only when a report is written."""
+        return {}
+
 
 def register(kind: str, name: str):
     """Class decorator: register ``cls`` as method ``name`` of ``kind``."""

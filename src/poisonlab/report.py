@@ -28,10 +28,8 @@ from poisonlab.errors import PoisonlabError
 
 __all__ = [
     "DetectorView",
-    "backdoor_figures",
     "figure_to_png",
     "fine_pruning_png",
-    "purification_figures",
     "purification_png",
     "render_report",
     "strip_histogram_png",
@@ -437,44 +435,6 @@ def purification_png(
         ax.grid(alpha=0.3)
     fig.tight_layout()
     return figure_to_png(fig)
-
-
-def purification_figures(purification: Mapping[str, Mapping]) -> dict[str, bytes]:
-    """Report figures (title -> PNG) of each purifier: examples before / after and the critic's values."""
-    out: dict[str, bytes] = {}
-    for ident, p in purification.items():
-        if p.get("before") is None or (len(p["before"]) == 0 and not p.get("critic_values")):
-            continue
-        out[f"Purifier {ident}: untrusted rows before and after"] = purification_png(
-            ident, p["before"], p.get("after"), list(p.get("captions", [])), p.get("critic_values")
-        )
-    return out
-
-
-def backdoor_figures(
-    backdoors: Mapping[str, Mapping], input_detection: Mapping[str, Mapping], defenses: Mapping[str, Mapping]
-) -> dict[str, bytes]:
-    """Report figures (title -> PNG) for backdoor triggers, STRIP entropies and fine-pruning curves."""
-    out: dict[str, bytes] = {}
-    for ident, b in backdoors.items():
-        out[f"Backdoor {ident}: trigger and triggered examples"] = trigger_png(
-            b["trigger"],
-            b["poisons"],
-            b["captions"],
-            b["triggered"],
-            b["triggered_captions"],
-            b.get("originals"),
-        )
-    for ident, d in input_detection.items():
-        out[f"Input detector {ident}: entropy histograms"] = strip_histogram_png(
-            ident, d["clean"], d["triggered"], float(d["boundary"]), d.get("frr")
-        )
-    for ident, d in defenses.items():
-        if d.get("steps"):
-            out[f"Defense {ident}: accuracy and attack success per step"] = fine_pruning_png(
-                ident, d["steps"], d.get("cutoff"), d.get("target_success"), d.get("kept_step")
-            )
-    return out
 
 
 # --------------------------------------------------------------------------- formatting

@@ -106,6 +106,8 @@ class BackdoorAttack(Attack):
 
     target: int = Field(0, ge=0, description="the class every triggered input should be classified as")
 
+    triggers_inputs: ClassVar[bool] = True
+
     def _trigger(self, shape: tuple[int, int, int]) -> torch.Tensor:
         """stack([pattern, mask]) for images of ``shape``."""
         raise NotImplementedError
@@ -131,7 +133,43 @@ class BackdoorAttack(Attack):
         rows = self.source_mask(data.y).nonzero().flatten()
         x = self.apply_trigger(data.x[rows], goal)
         y = torch.full_like(data.y[rows], self.target) if relabel else data.y[rows].clone()
-        return Dataset._trusted(x, y, data.classes, data.name)
+        return Dataset(x, y, data.classes, data.name)
+
+    def report_record(self, poisoned: PoisonedDataset, goal_index: int, test: Dataset, count: int = 6):
+        """The trigger, a few poisoned rows with their originals and a few triggered test images."""
+        goal = poisoned.goals[goal_index]
+        if goal.trigger is None:
+            return None
+        rows = poisoned.mask_of(goal_index).nonzero().flatten()[:count]
+        originals = poisoned.originals(rows)
+        classes = poisoned.data.classes
+        captions = [
+            f"#{int(i)} given {classes[poisoned.data.y[i]]} / orig {classes[int(y)]}"
+            for i, y in zip(rows, originals.y)
+        ]
+        trig = self.triggered(test.subset(torch.arange(min(len(test), 200))), goal)
+        return {
+            "trigger": goal.trigger.numpy(),
+            "poisons": poisoned.data.x[rows].numpy(),
+            "originals": originals.x.numpy(),
+            "captions": captions,
+            "triggered": trig.x[:count].numpy(),
+            "triggered_captions": [f"test {classes[c]} + trigger" for c in trig.y[:count].tolist()],
+        }
+
+    def figures(self, ident: str, record: dict) -> dict[str, bytes]:
+        from poisonlab.report import trigger_png
+
+        return {
+            f"Backdoor {ident}: trigger and triggered examples": trigger_png(
+                record["trigger"],
+                record["poisons"],
+                record["captions"],
+                record["triggered"],
+                record["triggered_captions"],
+                record.get("originals"),
+            )
+        }
 
     def evaluate(self, model: nn.Module, test: Dataset, goal: AttackGoal) -> dict[str, float]:
         """success_rate: triggered test images of the attacked classes classified as `target`."""
@@ -216,10 +254,8 @@ class _DirtyLabel(BackdoorAttack, BudgetedAttack):
         idx = eligible[torch.randperm(len(eligible), generator=generator)[:n]].sort().values
         trigger = self._trigger(train.input_shape)
         goal = AttackGoal(self.name, self.model_dump(), adversarial_label=self.target, trigger=trigger)
-        x, y = train.x.clone(), train.y.clone()
-        x[idx] = self.apply_trigger(train.x[idx], goal, generator)
-        y[idx] = self.target
-        return PoisonedDataset.from_rows(train, Dataset._trusted(x, y, train.classes, train.name), idx, goal)
+        released = train.replace_rows(idx, self.apply_trigger(train.x[idx], goal, generator), self.target)
+        return PoisonedDataset.from_rows(train, released, idx, goal)
 
 
 @register("attack", "badnets")

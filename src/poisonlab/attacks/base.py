@@ -21,6 +21,7 @@ class Attack(Method):
     """Base of every attack: :meth:`craft` validates its arguments, then calls the attack's ``_craft``."""
 
     kind = "attack"
+    triggers_inputs: ClassVar[bool] = False  # a backdoor: ``triggered(data, goal)`` stamps its trigger
 
     def craft(
         self,
@@ -57,6 +58,11 @@ class Attack(Method):
     def evaluate(self, model: nn.Module, test: Dataset, goal: AttackGoal) -> dict[str, float]:
         """Attack-specific success metrics of a trained ``model`` on ``test`` (empty by default)."""
         return {}
+
+    def report_record(self, poisoned: PoisonedDataset, goal_index: int, test: Dataset) -> dict | None:
+        """What the report shows of this attack's poisons (goal ``goal_index`` of ``poisoned``), rendered by
+        :meth:`figures`; None by default."""
+        return None
 
 
 class BudgetedAttack(Attack):

@@ -321,7 +321,7 @@ def gradient_canceling(
         else:
             x.sub_(step_lr * d)
         x.clamp_(0.0, 1.0)
-    out = Dataset._trusted(x.to("cpu", torch.float32), y.cpu(), poisons.classes, poisons.name)
+    out = Dataset(x.to("cpu", torch.float32), y.cpu(), poisons.classes, poisons.name)
     return CancelingResult(out, np.asarray(history))
 
 

@@ -192,6 +192,4 @@ class SleeperAgent(PatchTrigger, BackdoorAttack):
         return PoisonedDataset.from_rows(train, self._released(train, idx, base, delta), idx, goal)
 
     def _released(self, train: Dataset, idx, base, delta) -> Dataset:
-        x = train.x.clone()
-        x[idx] = (base + self.eps * delta.detach()).clamp(0, 1)
-        return Dataset._trusted(x, train.y.clone(), train.classes, train.name)
+        return train.replace_rows(idx, (base + self.eps * delta.detach()).clamp(0, 1))

@@ -342,7 +342,7 @@ class TargetedAttack(SurrogateAttack):
         """The poisoned set, after checking the poisons lie in the image box."""
         if not (poisons.min() >= 0 and poisons.max() <= 1):
             raise AssertionError(f"{self.name}: poisons left the image box [0, 1]")
-        return PoisonedDataset.from_rows(train, with_rows(train, idx, poisons), idx, goal)
+        return PoisonedDataset.from_rows(train, train.replace_rows(idx, poisons), idx, goal)
 
     def goal(self, setup: Setup, **info) -> AttackGoal:
         params = {**self.model_dump(mode="json"), **info}
@@ -362,6 +362,28 @@ class TargetedAttack(SurrogateAttack):
             "adversarial_probability": float(probs[goal.adversarial_label]),
             "target_correct": float(pred == int(goal.target_y[0])),
         }
+
+    def report_record(self, poisoned: PoisonedDataset, goal_index: int, test: Dataset, count: int = 5):
+        """The target, then a few poisons before and after crafting."""
+        goal = poisoned.goals[goal_index]
+        if goal.target_x is None:
+            return None
+        classes = poisoned.data.classes
+        rows = poisoned.mask_of(goal_index).nonzero().flatten()[:count]
+        target = goal.target_x.cpu()
+        captions = [f"target {classes[int(goal.target_y[0])]} -> {classes[goal.adversarial_label]}"]
+        captions += [f"#{int(i)} {classes[poisoned.data.y[i]]}" for i in rows]
+        return {
+            "before": torch.cat([target, poisoned.originals(rows).x]).numpy(),
+            "after": torch.cat([target, poisoned.data.x[rows]]).numpy(),
+            "captions": captions,
+        }
+
+    def figures(self, ident: str, record: dict) -> dict[str, bytes]:
+        from poisonlab.report import purification_png
+
+        title = f"{ident}: the target and poisons before / after crafting"
+        return {title: purification_png(self.name, record["before"], record["after"], record["captions"])}
 
 
 class PerturbationAttack(TargetedAttack):
@@ -396,7 +418,7 @@ class PerturbationAttack(TargetedAttack):
         objective = self.objective(models, x_t, y_adv, base, labels, train, generator)
 
         def refresh(poisons: torch.Tensor):
-            poisoned = with_rows(train, idx, poisons)
+            poisoned = train.replace_rows(idx, poisons)
             surrogates = self.surrogates(poisoned, None, generator)
             return self.objective(surrogates, x_t, y_adv, base, labels, poisoned, generator)
 
@@ -413,13 +435,6 @@ class PerturbationAttack(TargetedAttack):
             restart_losses=result.restart_losses,
         )  # fmt: skip
         return self.released(train, idx, poisons, goal)
-
-
-def with_rows(train: Dataset, idx: torch.Tensor, rows: torch.Tensor) -> Dataset:
-    """A copy of ``train`` whose rows ``idx`` hold ``rows`` (labels kept: clean label)."""
-    x = train.x.clone()
-    x[idx] = rows.detach().to(x.device, x.dtype)
-    return Dataset._trusted(x, train.y.clone(), train.classes, train.name)
 
 
 def train_model(model: nn.Module, data: Dataset, config, seed: int) -> nn.Module:

@@ -185,7 +185,7 @@ def tgda(
         poisons = torch.cat([gen(xb) for xb in x_s.split(batch_size)]).clamp_(0.0, 1.0).cpu()
         poisons[poisons < 1e-6] = 0.0  # no denormal floats from a saturated sigmoid
     model.train(was_training)
-    out = Dataset._trusted(poisons, y_s.cpu(), train.classes, train.name)
+    out = Dataset(poisons, y_s.cpu(), train.classes, train.name)
     return TGDAResult(out, gen.eval(), w, np.asarray(history))
 
 

@@ -198,5 +198,23 @@ class FinePruning(Defense):
             "cutoff": cutoff,
             "kept_step": kept,
             "layer_channels_pruned": steps[kept]["pruned"],
+            "max_accuracy_drop": self.max_accuracy_drop,
+            "target_success": self.target_success,
         }
         return Repair(model, steps, info)
+
+    def figures(self, ident: str, record: dict) -> dict[str, bytes]:
+        """Clean accuracy and attack success per pruning step, with the cutoff and the kept step."""
+        from poisonlab.report import fine_pruning_png
+
+        if not record.get("steps"):
+            return {}
+        return {
+            f"Defense {ident}: accuracy and attack success per step": fine_pruning_png(
+                ident,
+                record["steps"],
+                record.get("cutoff"),
+                record.get("target_success"),
+                record.get("kept_step"),
+            )
+        }

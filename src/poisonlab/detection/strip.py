@@ -72,6 +72,16 @@ class Strip(InputDetector):
     )
     batch_size: int = Field(4096, ge=1, description="superimposed images per forward pass")
 
+    def figures(self, ident: str, record: dict) -> dict[str, bytes]:
+        """Entropy histograms of clean and triggered inputs with the fitted boundary."""
+        from poisonlab.report import strip_histogram_png
+
+        return {
+            f"Input detector {ident}: entropy histograms": strip_histogram_png(
+                ident, record["clean"], record["triggered"], float(record["boundary"]), self.frr
+            )
+        }
+
     @torch.no_grad()
     def entropy(
         self, model: nn.Module, x: torch.Tensor, pool: torch.Tensor, generator: torch.Generator

@@ -95,6 +95,8 @@ class TracInTest(_TracInDetector):
     def check_data(self, data: Dataset, test: Dataset | None = None) -> None:
         if test is None or len(test) == 0:
             raise ConfigError("tracin_test.scores: test is missing or empty (it draws num_test test points)")
+        if self.num_test > len(test):  # it would silently draw fewer
+            raise ConfigError(f"num_test {self.num_test} exceeds the {len(test)} rows of the test split")
 
     def _scores(self, data, run: TrainRun, *, test=None, generator=None) -> np.ndarray:
         # every tracin_test detector of a trial draws the same test points (from the trial's seed)

@@ -75,6 +75,28 @@ class Purifier(Method):
     ) -> Purification:
         raise NotImplementedError
 
+    def accepts_victim_extractor(self) -> bool:
+        """Whether a runner may pass the model trained on the released rows as ``extractor`` (a purifier
+        configured to build or load its own says no)."""
+        return True
+
+    def figures(self, ident: str, record: dict) -> dict[str, bytes]:
+        """A few untrusted rows before and after purification (and the critic's values, when recorded)."""
+        from poisonlab.report import purification_png
+
+        before = record.get("before")
+        if before is None or (len(before) == 0 and not record.get("critic_values")):
+            return {}
+        return {
+            f"Purifier {ident}: untrusted rows before and after": purification_png(
+                ident,
+                before,
+                record.get("after"),
+                list(record.get("captions", [])),
+                record.get("critic_values"),
+            )
+        }
+
 
 def check_reference(data: Dataset, reference_mask, who: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(reference rows, untrusted rows) of ``data``; one-line ConfigError for a bad mask."""
@@ -102,9 +124,7 @@ def seed_from(generator: torch.Generator) -> int:
 
 def replace_rows(data: Dataset, rows: torch.Tensor, x: torch.Tensor) -> Dataset:
     """``data`` with the images of ``rows`` replaced by ``x`` (clipped to [0, 1]); labels unchanged."""
-    out = data.x.clone()
-    out[rows] = x.clamp(0.0, 1.0).to(out.dtype)
-    return Dataset._trusted(out, data.y.clone(), data.classes, data.name)
+    return data.replace_rows(rows, x.clamp(0.0, 1.0))
 
 
 def feature_function(extractor: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:

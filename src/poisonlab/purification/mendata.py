@@ -125,6 +125,10 @@ class Mendata(Purifier):
     extractor_lr: float = Field(0.05, gt=0)
     step_batch: int = Field(256, ge=1, description="rows per batch of the step-II gradient")
 
+    def accepts_victim_extractor(self) -> bool:
+        """Only as the default 'released' extractor; loaded weights or the reference rows' own model win."""
+        return self.extractor_source == "released" and not self.extractor_weights
+
     @field_validator("extractor_model")
     @classmethod
     def _known_model(cls, value: str) -> str:

@@ -1,0 +1,168 @@
+"""The package's shape: no import cycles, and a runner that names no method family."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from pathlib import Path
+
+import pytest
+import torch
+
+import poisonlab
+from poisonlab.registry import methods
+
+SRC = Path(poisonlab.__file__).parent
+KIND_BASES = {"Method", "Attack", "Detector", "InputDetector", "Defense", "Purifier"}
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(SRC.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _runtime_nodes(tree: ast.AST):
+    """Every node except the bodies of ``if TYPE_CHECKING:`` blocks (imports for annotations only)."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            todo.extend(node.orelse)
+            continue
+        yield node
+        todo.extend(ast.iter_child_nodes(node))
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the package modules it imports at run time (top level or inside functions); importing
+    ``a.b.c`` also imports the packages ``a.b`` (their ``__init__``), except the importer's own parents."""
+    files = {_module_name(p): p for p in SRC.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in files.items():
+        is_package = path.name == "__init__.py"
+        targets: set[str] = set()
+        for node in _runtime_nodes(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = name.split(".")[: len(name.split(".")) - node.level + is_package]
+                    module = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    module = node.module or ""
+                found = [module] + [f"{module}.{a.name}" for a in node.names]
+            else:
+                continue
+            for target in found:
+                parts = target.split(".")
+                for k in range(2, len(parts) + 1):
+                    prefix = ".".join(parts[:k])
+                    if prefix in files and prefix != name and not name.startswith(prefix + "."):
+                        targets.add(prefix)
+        graph[name] = targets
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as a list of modules, or None."""
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt) :] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        state[node] = 2
+        path.pop()
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (cycle := visit(start)):
+            return cycle
+    return None
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_the_package_has_no_import_cycle():
+    graph = import_graph()
+    assert "poisonlab.bench.output" in graph and "poisonlab.trial" in graph["poisonlab.experiment"]
+    assert find_cycle(graph) is None
+
+
+def _family_names() -> set[str]:
+    """Class names of every registered method and of the family bases between it and its kind's base."""
+    names: set[str] = set()
+    for kind in ("attack", "detector", "input_detector", "defense", "purifier"):
+        for cls in methods(kind).values():
+            for base in inspect.getmro(cls):
+                if base.__module__.startswith("poisonlab.") and base.__name__ not in KIND_BASES:
+                    names.add(base.__name__)
+    return names
+
+
+@pytest.mark.parametrize("module", ["experiment.py", "trial.py"])
+def test_the_runner_names_no_method_family(module):
+    """Adding a method touches its own module only: the runner reads the kinds' hooks, never a family."""
+    families = _family_names()
+    assert {"BackdoorAttack", "TargetedAttack", "Strip", "FinePruning", "Mendata"} <= families
+    tree = ast.parse((SRC / module).read_text())
+    named = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    named |= {a.name.split(".")[-1] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
+    assert not named & families
+
+
+def test_a_new_attack_with_its_own_figure_plugs_in_from_its_own_module():
+    """The README's contributor example: one registered class, nothing else changed, runs end to end with
+    its net success and its own figure in the report."""
+    from typing import ClassVar
+
+    from pydantic import Field
+
+    from poisonlab.attacks.base import BudgetedAttack, poison_count
+    from poisonlab.experiment import ExperimentConfig, report_figures, run_experiment
+    from poisonlab.poison import AttackGoal, PoisonedDataset
+    from poisonlab.registry import REGISTRY, register
+    from poisonlab.training import predict
+
+    @register("attack", "test_brighten")
+    class Brighten(BudgetedAttack):
+        """Brighten some rows and relabel them 0 (a test attack)."""
+
+        default_fraction: ClassVar[float] = 0.2
+        strength: float = Field(0.5, gt=0)
+
+        def _craft(self, train, *, generator, victim=None, test=None) -> PoisonedDataset:
+            n = poison_count(len(train), self.budget_fraction, self.count, self.name)
+            idx = torch.randperm(len(train), generator=generator)[:n]
+            released = train.replace_rows(idx, (train.x[idx] + self.strength).clamp(0, 1), 0)
+            return PoisonedDataset.from_rows(train, released, idx, AttackGoal(self.name, self.model_dump()))
+
+        def evaluate(self, model, test, goal) -> dict[str, float]:
+            bright = (test.x + self.strength).clamp(0, 1)
+            return {"success_rate": float((predict(model, bright).argmax(1) == 0).float().mean())}
+
+        def report_record(self, poisoned, goal_index, test):
+            return {"count": int(poisoned.mask_of(goal_index).sum())}
+
+        def figures(self, ident, record) -> dict[str, bytes]:
+            return {f"{ident}: {record['count']} brightened rows": b"png"}
+
+    try:
+        train = {"epochs": 3, "checkpoint_every": 3}
+        config = ExperimentConfig.model_validate(
+            {"model": "logreg", "train": train, "attacks": [{"name": "test_brighten"}]}
+        )
+        result = run_experiment(config)
+    finally:
+        REGISTRY["attack"].pop("test_brighten")
+    metrics = result.results["metrics"]
+    assert metrics["attack.test_brighten.net_success_rate"] > 0.2  # brightened inputs go to class 0
+    assert report_figures(result) == {"test_brighten: 270 brightened rows": b"png"}
