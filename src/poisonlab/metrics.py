@@ -29,8 +29,8 @@ def _scores(scores, where: str) -> np.ndarray:
 def mad_threshold(scores: np.ndarray, k: float = 3.0) -> float:
     """Robust outlier rule: median + k * 1.4826 * MAD (a z-score of k for normal data).
 
-    Seed 000 flags rows above a fixed gamma (300 for its ResNet-18), but that scale depends on the model,
-    the learning rates and the checkpoints; this rule adapts to the scores and needs no poison labels.
+    Yacoubou 2024 flags rows above a fixed gamma (300 for its ResNet-18), but that scale depends on the
+    model, the learning rates and the checkpoints; this rule adapts to the scores and needs no poison labels.
     """
     scores = _scores(scores, "mad_threshold")
     if len(scores) == 0:
@@ -61,8 +61,8 @@ def detection_metrics(scores: np.ndarray, is_poison: np.ndarray, threshold: floa
     """AUROC, average precision, and precision/recall at ``threshold``, at fixed flagged shares and at the
     poison budget.
 
-    ``recall`` is the detected fraction of seed 000's tables (poisons with score >= threshold), always shown
-    beside ``flagged_fraction`` and ``precision``. ``recall_at_1pct`` / ``precision_at_1pct`` (and 5%)
+    ``recall`` is the detected fraction of Yacoubou 2024's tables (poisons with score >= threshold), always
+    shown beside ``flagged_fraction`` and ``precision``. ``recall_at_1pct`` / ``precision_at_1pct`` (and 5%)
     flag the top 1% (5%) of rows. ``recall_at_budget`` flags the top-k rows with k the true number of
     poisons (precision equals recall there): it reads the ground truth, so it is an oracle metric
     (:func:`is_oracle_metric`).

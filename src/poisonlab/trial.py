@@ -152,7 +152,7 @@ class Trial:
 
 
 def without_targets(test_set: Dataset, goals) -> Dataset:
-    """The test set without the targets of targeted attacks (seed 003: accuracy excludes the target)."""
+    """The test set without the targets of targeted attacks (Huang 2023: accuracy excludes the target)."""
     rows = sorted({g.target_index for g in goals if g.target_index is not None})
     if not rows:
         return test_set
@@ -319,7 +319,7 @@ def defend(t: Trial) -> None:
 
 
 def purify(t: Trial) -> None:
-    """Seed 003: select a reference set, purify the rest with each purifier, retrain, measure.
+    """Mendata (Huang 2023): select a reference set, purify the rest with each purifier, retrain, measure.
 
     The reference detector reads the detection model's features (k-NN detectors) or, for the simulated
     oracle, the true poison mask. Each purifier gets the victim as its model and, when it accepts one

@@ -1,4 +1,4 @@
-"""Dirty-label backdoors (seed 004): BadNets patches (Gu et al. 2017) and blended triggers (Chen et al. 2017).
+"""Dirty-label backdoors: BadNets patches (Gu et al. 2017) and blended triggers (Chen et al. 2017).
 
 A trigger is a pattern ``p`` and a mask ``m`` (values in [0, 1]) applied as
 
@@ -220,8 +220,8 @@ class PatchTrigger:
 
 
 class _DirtyLabel(BackdoorAttack, BudgetedAttack):
-    """Without fraction or count, 10% of the whole training set is poisoned (``default_fraction``): seed
-    004's setting and BackdoorBench's default poisoning ratio."""
+    """Without fraction or count, 10% of the whole training set is poisoned (``default_fraction``): the
+    setting of Kashyap & Maheshwari 2024 and BackdoorBench's default poisoning ratio."""
 
     fraction: float | None = Field(
         None,
@@ -260,7 +260,7 @@ class _DirtyLabel(BackdoorAttack, BudgetedAttack):
 
 @register("attack", "badnets")
 class BadNets(PatchTrigger, _DirtyLabel):
-    """BadNets (Gu 2017; seed 004): stamp a patch on some rows of other classes and relabel them `target`."""
+    """BadNets (Gu 2017): stamp a patch on some rows of other classes and relabel them `target`."""
 
     patch_size: int = Field(3, ge=1, description="side of the square patch in pixels")
     position: Corner | tuple[int, int] = Field(

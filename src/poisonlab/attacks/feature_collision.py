@@ -1,8 +1,8 @@
-"""Feature collision / Poison Frogs (Shafahi et al. 2018; seed 000 section 2.2, crafted there with ART).
+"""Feature collision / Poison Frogs (Shafahi et al. 2018; Yacoubou 2024, section 2.2, crafted there with ART).
 
 Each poison starts from a base image b of the adversarial class (watermarked with the target) and solves
 
-    p = argmin_x ||f(x) - f(t)||^2 + beta ||x - b||^2                     (seed 000, section 2.2)
+    p = argmin_x ||f(x) - f(t)||^2 + beta ||x - b||^2                (Yacoubou 2024, section 2.2)
 
 with f the surrogate's penultimate features, by forward-backward splitting (Poison Frogs, Algorithm 1):
 forward x^ = x - lr grad_x ||f(x) - f(t)||^2, backward x = (x^ + lr beta b) / (1 + lr beta), then project
@@ -38,7 +38,7 @@ from poisonlab.registry import register
 
 @register("attack", "feature_collision")
 class FeatureCollision(TargetedAttack):
-    """Poison Frogs (Shafahi 2018; seed 000): poisons whose penultimate features collide with the target's."""
+    """Poison Frogs (Shafahi 2018): poisons whose penultimate features collide with the target's."""
 
     steps: int = Field(500, ge=1, description="forward-backward splitting iterations")
     lr: float = Field(0.1, gt=0, description="initial forward step size (per poison, decayed on failure)")

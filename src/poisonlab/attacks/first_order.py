@@ -1,7 +1,7 @@
-"""First-order clean-label poisoning (Zheng & Li; seed 002), and MetaPoison (Huang et al. 2020), its baseline.
+"""First-order clean-label poisoning (Zheng & Li 2021), and MetaPoison (Huang et al. 2020), its baseline.
 
-First-order poisoning (seed 002, "Desired Model Update" and "Necessary Condition"): the adversary-desired
-model update moves the surrogate toward the adversarial label of the target,
+First-order poisoning (Zheng & Li 2021, "Desired Model Update" and "Necessary Condition"): the
+adversary-desired model update moves the surrogate toward the adversarial label of the target,
 
     delta_theta = -alpha * grad_theta L(F_theta(X_t), Y_adv)                                   (eq. 1)
 
@@ -10,17 +10,17 @@ and the poisons should have a *lower* loss after that update than before, at fir
     delta_p . (grad_X L(F_{theta+delta_theta}(X_p), Y_p) - grad_X L(F_theta(X_p), Y_p)) << 0   (eq. 2)
 
 so we minimise L(F_{theta+delta_theta}(X_p), Y_p) - L(F_theta(X_p), Y_p) over the poisons: its gradient is
-exactly the bracket of eq. 2 (two forward/backward passes per step, no second-order term in theta), and the
-seed shows it approximates the influence update -gamma d2L/dtheta dX . delta_p . grad_theta L(X_t)
-("Theoretically Guaranteed Performance"). With the watermark trick (base <- 0.9 base + 0.1 target in the
-seed's visual setting) and the smooth color perturbation (eps_c 0.02), both defaults here.
+exactly the bracket of eq. 2 (two forward/backward passes per step, no second-order term in theta), and
+Zheng & Li show it approximates the influence update -gamma d2L/dtheta dX . delta_p . grad_theta L(X_t)
+("Theoretically Guaranteed Performance"). With the watermark trick (base <- 0.9 base + 0.1 target in
+their visual setting) and the smooth color perturbation (eps_c 0.02), both defaults here.
 
-MetaPoison (seed 002, "Related Work: Meta Poison"): unroll K SGD steps of the surrogate on the poisons plus a
-clean batch, theta_{k+1} = theta_k - gamma grad L(F_{theta_k}(X_p u X_c), Y_p u Y_c), and descend the target's
-adversarial loss L(F_{theta_K}(X_t), Y_adv) through the unrolled steps (second order). K = 2, eps 8/255,
-color eps 0.04, 60 steps, a staggered ensemble of surrogates (``ensemble``). Left out: MetaPoison also
-advances each surrogate by one training step per crafting step and resets it at the end of its schedule;
-our ensemble is fixed.
+MetaPoison (Huang et al. 2020; Zheng & Li 2021, "Related Work: Meta Poison"): unroll K SGD steps of the
+surrogate on the poisons plus a clean batch, theta_{k+1} = theta_k - gamma grad L(F_{theta_k}(X_p u X_c),
+Y_p u Y_c), and descend the target's adversarial loss L(F_{theta_K}(X_t), Y_adv) through the unrolled steps
+(second order). K = 2, eps 8/255, color eps 0.04, 60 steps, a staggered ensemble of surrogates
+(``ensemble``). Left out: MetaPoison also advances each surrogate by one training step per crafting step
+and resets it at the end of its schedule; our ensemble is fixed.
 
 Both use the one optimiser of :func:`~poisonlab.attacks.targeted.craft_perturbations` (signed Adam),
 so a time per crafting step compares the objectives only.
@@ -43,7 +43,7 @@ def _trainable_named(model) -> dict[str, torch.Tensor]:
 
 @register("attack", "first_order")
 class FirstOrder(PerturbationAttack):
-    """First-order poisoning (seed 002): poisons whose loss falls under the adversary-desired update."""
+    """First-order poisoning (Zheng & Li 2021): poisons whose loss the adversary-desired update lowers."""
 
     eps: float = Field(8 / 255, gt=0, le=1, description="L_inf bound of delta around the (watermarked) base")
     steps: int = Field(100, ge=1, description="signed-Adam steps per restart")
@@ -73,7 +73,7 @@ class FirstOrder(PerturbationAttack):
 
 @register("attack", "metapoison")
 class MetaPoison(PerturbationAttack):
-    """MetaPoison (Huang 2020; seed 002's baseline): adversarial loss through K unrolled training steps."""
+    """MetaPoison (Huang 2020): adversarial loss through K unrolled training steps."""
 
     eps: float = Field(8 / 255, gt=0, le=1, description="L_inf bound of delta around the (watermarked) base")
     steps: int = Field(60, ge=1, description="signed-Adam steps per restart")

@@ -1,24 +1,24 @@
-"""GradPC, gradient canceling and the reachability threshold (Lu, Kamath & Yu; seed 001, slides 10-15).
+"""GradPC, gradient canceling and the reachability threshold (Lu, Kamath & Yu 2023).
 
-GradPC (parameter corruption, slide 10): ``max_{||w - w_c|| <= eps_w} F(mu; w)`` by normalised gradient
+GradPC (parameter corruption): ``max_{||w - w_c|| <= eps_w} F(mu; w)`` by normalised gradient
 *ascent* on the clean training loss from the clean parameters ``w_c``, projected back onto the L2 (or L_inf)
 ball after every step. It gives a bad *target* model ``w*`` close to the clean one.
 
-Gradient canceling (GC, slide 14): ``eps_d * N`` poisons, initialised from clean rows with their labels,
+Gradient canceling (GC): ``eps_d * N`` poisons, initialised from clean rows with their labels,
 minimise
 
     1/2 || G(D_c; w*) + G(D_p; w*) + (N + n_p) * lambda * w* ||^2
 
 with ``G`` the *sum*-reduced loss gradient (the reference's choice: ``N^2 / 2 ||g(mu) + eps_d g(nu)||^2`` of
-the seed in mean gradients) and ``lambda`` the victim's weight decay (0 in the seed), by gradient descent on
+the paper in mean gradients) and ``lambda`` the victim's weight decay (0 in the paper), by gradient descent on
 the poison inputs, clipped to the image box [0, 1]. At 0, ``w*`` is a stationary point of training on
 ``D_c + D_p`` and, for a convex victim (logistic regression), its minimiser: retraining lands on ``w*``.
 
-Reachability (slides 12-13): ``g(mu; w) + eps_d g(nu; w) = 0`` forces ``<w, g(mu)> + eps_d <w, g(nu)> = 0``.
+Reachability: ``g(mu; w) + eps_d g(nu; w) = 0`` forces ``<w, g(mu)> + eps_d <w, g(nu)> = 0``.
 For a softmax cross-entropy layer with logits ``z``, ``<w, g(z)> = sum_k (p_k - y_k) z_k >= -W((K - 1) / e)``
-(Lambert W; ``W(1/e) = 0.2785`` for K = 2 is the seed's 0.28), so no poison set reaches ``w`` when
-``eps_d < tau = max(<w, g(mu)>, 0) / W((K - 1) / e)``. For networks we apply it to the last (linear) layer,
-whose gradient must vanish too, which keeps ``tau`` a valid necessary threshold.
+(Lambert W; ``W(1/e) = 0.2785`` for K = 2 is the 0.28 of Yu 2024's lecture), so no poison set reaches
+``w`` when ``eps_d < tau = max(<w, g(mu)>, 0) / W((K - 1) / e)``. For networks we apply it to the last
+(linear) layer, whose gradient must vanish too, which keeps ``tau`` a valid necessary threshold.
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ def gradpc(
     chunk: int = 1000,
     generator: torch.Generator | None = None,
 ) -> nn.Module:
-    """GradPC (seed 001, slide 10): a copy of ``model`` moved to maximise its mean training loss on ``data``
+    """GradPC (Lu, Kamath & Yu 2023): a copy of ``model`` moved to maximise its mean training loss on ``data``
     within ``||w - w_c|| <= eps_w``.
 
     Each of ``steps`` steps adds ``lr_t * g / ||g||_2`` (``sign(g)`` for ``norm="linf"``) to the accumulated
@@ -188,7 +188,7 @@ def _lambert_w(z: float) -> float:
 def poison_term_bound(num_classes: int) -> float:
     """``W((K - 1) / e) = -inf_z sum_k (softmax(z)_k - y_k) z_k``: how low one poison's ``<w, g>`` can go.
 
-    0.2785 for K = 2 (seed 001, slide 11: ``-W(1/e) = inf_t -t / (1 + e^t)``), 1.101 for K = 10.
+    0.2785 for K = 2 (the lecture's 0.28, Yu 2024: ``-W(1/e) = inf_t -t / (1 + e^t)``), 1.101 for K = 10.
     """
     if num_classes < 2:
         raise ConfigError(f"poison_term_bound needs at least 2 classes, got {num_classes}")
@@ -217,12 +217,12 @@ def head_alignment(model: nn.Module, data: Dataset, batch_size: int = 1024) -> f
 def reachability_threshold(
     model: nn.Module, data: Dataset, *, weight_decay: float = 0.0, constant: float | None = None
 ) -> float:
-    """Seed 001's transition threshold tau for the target ``model``: below it no poison set reaches it.
+    """The transition threshold tau (Lu, Kamath & Yu 2023) of ``model``: below it no poison set reaches it.
 
-    ``tau = max(<w, g(mu)>, 0) / c`` with ``c = poison_term_bound(K)`` (pass ``constant=0.28`` for the seed's
-    binary value) and ``w`` the last layer's weights and bias. With weight decay ``lambda`` (stationarity of
-    ``mean loss + lambda/2 ||w||^2`` on ``D_c + D_p``): ``tau = (<w, g> + lambda s) / (c - lambda s)``,
-    ``s = ||w_head||^2``, and ``inf`` when ``c <= lambda s``.
+    ``tau = max(<w, g(mu)>, 0) / c`` with ``c = poison_term_bound(K)`` (pass ``constant=0.28`` for the
+    lecture's binary value) and ``w`` the last layer's weights and bias. With weight decay ``lambda``
+    (stationarity of ``mean loss + lambda/2 ||w||^2`` on ``D_c + D_p``):
+    ``tau = (<w, g> + lambda s) / (c - lambda s)``, ``s = ||w_head||^2``, and ``inf`` when ``c <= lambda s``.
     """
     if len(data) == 0:
         raise ConfigError("reachability_threshold needs a non-empty dataset")
@@ -270,7 +270,7 @@ def gradient_canceling(
     batch_size: int = 1000,
     tol: float = 0.0,
 ) -> CancelingResult:
-    """Gradient canceling (seed 001, slide 14): move ``poisons`` (their labels fixed) so that the ``target``
+    """Gradient canceling (Lu, Kamath & Yu 2023): move ``poisons`` (their labels fixed) so that the ``target``
     model's summed loss gradient over ``clean + poisons`` (plus weight decay) vanishes.
 
     Minimises ``1/2 ||r||^2``, ``r = G(clean) + G(poisons) + (N + n_p) weight_decay w*``, over the poison
@@ -333,7 +333,7 @@ def draw_sources(n_rows: int, count: int, generator: torch.Generator) -> torch.T
 
 @register("attack", "gradient_canceling")
 class GradientCanceling(SurrogateAttack):
-    """Gradient canceling (seed 001): added poisons that make a GradPC target a stationary point of training.
+    """Gradient canceling (Lu 2023): added poisons that make a GradPC target a stationary point of training.
 
     Without a victim it trains `model` on the clean data with `train` and the trial's seed (the experiment's
     clean baseline when `model` and `train` match the experiment's), moves it to a GradPC target within

@@ -1,4 +1,4 @@
-"""Gradient matching / Witches' Brew (Geiping et al. 2021; the attack Mendata purifies in seed 003).
+"""Gradient matching / Witches' Brew (Geiping et al. 2021; the attack purified in Mendata, Huang 2023).
 
 The poisons' training gradient is made to point where the adversarial target gradient points:
 
@@ -24,7 +24,7 @@ from poisonlab.registry import register
 
 @register("attack", "gradient_matching")
 class GradientMatching(PerturbationAttack):
-    """Witches' Brew (Geiping 2021; seed 003): poisons whose gradient aligns with the adversarial one."""
+    """Witches' Brew (Geiping 2021): poisons whose gradient aligns with the adversarial one."""
 
     restarts: int = Field(8, ge=1, description="random restarts; the lowest final loss wins")
     augment: bool = Field(True, description="random crop (+ flip) of the poisons while crafting")

@@ -1,4 +1,5 @@
-"""Label flipping (seed 000 section 2.1; seed 001's baseline row): the simplest dirty-label poisoning."""
+"""Label flipping: the simplest dirty-label poisoning (Yacoubou 2024, section 2.1; the baseline row of the
+tables of Yu 2024, lecture)."""
 
 from __future__ import annotations
 
@@ -25,11 +26,11 @@ class _Budget(BudgetedAttack):
 
 @register("attack", "label_flip_targeted")
 class TargetedLabelFlip(_Budget):
-    """Relabel a fraction or a count of class `source` as class `target` (seed 000 flips MNIST 3 -> 9).
+    """Relabel a fraction or a count of class `source` as class `target` (Yacoubou 2024 flips MNIST 3 -> 9).
 
-    Without fraction or count it flips 10% of the source class (``default_fraction``). Seed 000 fixes a
-    count (100 MNIST rows, ~1.6% of the 3s) rather than a share; 10% is our choice: a share that scales with
-    the data, matches the backdoors' 10% default, and moves the source class measurably on small sets
+    Without fraction or count it flips 10% of the source class (``default_fraction``). Yacoubou 2024 fixes
+    a count (100 MNIST rows, ~1.6% of the 3s) rather than a share; 10% is our choice: a share that scales
+    with the data, matches the backdoors' 10% default, and moves the source class measurably on small sets
     (14 of the 137 3s of the digits train split) without flipping its majority.
     """
 
@@ -79,8 +80,8 @@ class TargetedLabelFlip(_Budget):
 class RandomLabelFlip(_Budget):
     """Relabel random rows, each to a label drawn uniformly among the other classes.
 
-    Without fraction or count it flips 3% of the rows (``default_fraction``): seed 001's label-flip
-    baseline at eps_d = 0.03.
+    Without fraction or count it flips 3% of the rows (``default_fraction``): the label-flip
+    baseline of Yu 2024 (lecture) at eps_d = 0.03.
     """
 
     default_fraction: ClassVar[float] = 0.03

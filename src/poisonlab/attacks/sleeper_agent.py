@@ -1,4 +1,4 @@
-"""Sleeper Agent (Souri et al. 2022; seed 003 section 5.1): a clean-label, hidden-trigger backdoor.
+"""Sleeper Agent (Souri et al. 2022; Mendata, Huang 2023, sec. 5.1): a clean-label, hidden-trigger backdoor.
 
 The poisons are target-class training images that keep their labels; their bounded perturbations delta
 (||delta||_inf <= eps) make the training gradient align with the gradient of the *adversarial* loss,
@@ -61,7 +61,7 @@ def matching_loss(
 
 @register("attack", "sleeper_agent")
 class SleeperAgent(PatchTrigger, BackdoorAttack):
-    """Sleeper Agent (Souri 2022; seed 003): gradient matching toward patched source images, clean labels."""
+    """Sleeper Agent (Souri 2022): gradient matching toward patched source images, clean labels."""
 
     source: int | None = Field(
         1, ge=0, description="class whose triggered images should become `target`; None: every other class"

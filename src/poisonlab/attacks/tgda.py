@@ -1,6 +1,6 @@
-"""TGDA: total-gradient descent-ascent poisoning (Lu, Kamath & Yu 2022; seed 001, slides 7-8 and 15).
+"""TGDA: total-gradient descent-ascent poisoning (Lu, Kamath & Yu 2022).
 
-The bilevel problem of slide 7, ``max_nu L(D_v; w*) s.t. w* = argmin_w F(D_c + eps_d nu; w)``, as a
+The bilevel problem ``max_nu L(D_v; w*) s.t. w* = argmin_w F(D_c + eps_d nu; w)``, as a
 Stackelberg game: a poison generator ``G_theta`` (the leader) turns ``eps_d * N`` clean rows into poisons
 ``G_theta(x_j)`` (labels kept) to *raise* the victim's loss ``L`` on validation rows, while the victim ``w``
 (the follower) takes gradient steps on its training loss ``F`` over the clean rows plus the poisons. The
@@ -191,7 +191,7 @@ def tgda(
 
 @register("attack", "tgda")
 class TGDA(SurrogateAttack):
-    """TGDA (seed 001): poisons from a generator trained by total-gradient descent-ascent against the victim.
+    """TGDA (Lu 2022): poisons from a generator trained by total-gradient descent-ascent against the victim.
 
     The attacker splits its clean training set: `val_size` random rows are the validation rows whose loss
     the leader raises, and the rest is what the follower trains on and the poisons start from (so the

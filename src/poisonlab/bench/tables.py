@@ -1,4 +1,4 @@
-"""Tables in the seed papers' layout: rows = methods, columns = settings, cells = mean +- standard error.
+"""Tables in the papers' layout: rows = methods, columns = settings, cells = mean +- standard error.
 
 A table comes from a metric name whose ``{placeholders}`` (``detection.{detector}.auroc``) and the
 matrix's axes are its dimensions. Axes that a table neither lays out nor pools are appended to its rows.

@@ -1,8 +1,9 @@
-"""Fine-pruning (Liu, Dolan-Gavitt & Garg 2018; seed 004 sections 2-4).
+"""Fine-pruning (Liu, Dolan-Gavitt & Garg 2018; as run by Kashyap & Maheshwari 2024, sections 2-4).
 
 Backdoor neurons tend to be dormant on clean inputs, so: rank the channels of the last convolutional layer
 by their mean activation on clean data, prune (mask) the least active, and fine-tune on clean data with a
-small learning rate so the remaining neurons unlearn the trigger. Seed 004's loop of pruning steps:
+small learning rate so the remaining neurons unlearn the trigger. Kashyap & Maheshwari 2024's loop of
+pruning steps:
 
     cutoff = clean_accuracy(model) - max_accuracy_drop
     while accuracy >= cutoff and pruned < max_pruned [and attack_success >= target_success]:
@@ -10,9 +11,10 @@ small learning rate so the remaining neurons unlearn the trigger. Seed 004's loo
 
 and keep the last model whose clean accuracy is at or above the cutoff. The defender's rule (Liu et al.,
 ``stop: accuracy``, the default) stops on the clean-accuracy cutoff or the pruning fraction alone: a
-defender has no trigger. Seed 004's loop also stops once the attack success on triggered inputs is below
-``target_success`` (``stop: oracle_success``): it reads the trigger, an oracle, and its metrics say so. The
-attack success of each step is recorded in both for the report (evaluation only).
+defender has no trigger. The trigger-aware loop of Kashyap & Maheshwari 2024 also stops once the attack
+success on triggered inputs is below ``target_success`` (``stop: oracle_success``): it reads the trigger, an
+oracle, and its metrics say so. The attack success of each step is recorded in both for the report
+(evaluation only).
 
 The "last conv layer" is found generically: the last ``nn.Conv2d`` of ``model.body``; its output
 channels are masked at the output of the top-level block that holds it (the conv itself in ``cnn``, the
@@ -98,16 +100,19 @@ def attack_success(model: nn.Module, triggered: torch.Tensor | None, target: int
 
 @register("defense", "fine_pruning")
 class FinePruning(Defense):
-    """Fine-pruning (Liu 2018; seed 004): prune the last conv layer's dormant channels in steps, fine-tune."""
+    """Fine-pruning (Liu 2018): prune the last conv layer's dormant channels in steps, fine-tune."""
 
-    step: float = Field(0.05, gt=0, le=1, description="share of the channels pruned per step (seed 004: 5%)")
+    step: float = Field(
+        0.05, gt=0, le=1, description="share of the channels pruned per step (Kashyap & Maheshwari 2024: 5%)"
+    )
     max_accuracy_drop: float = Field(
         0.04, ge=0, le=1, description="stop once clean accuracy falls below the start minus this"
     )
     stop: Literal["accuracy", "oracle_success"] = Field(
         "accuracy",
         description="accuracy: the defender's rule (accuracy cutoff or max_pruned); oracle_success: also "
-        "stop once the trigger's success is below target_success (seed 004's trigger-aware loop, an oracle)",
+        "stop once the trigger's success is below target_success (the trigger-aware loop of Kashyap & "
+        "Maheshwari 2024, an oracle)",
     )
     target_success: float = Field(
         0.01, ge=0, le=1, description="oracle_success stops once the attack success is below this (1%)"
@@ -129,7 +134,10 @@ class FinePruning(Defense):
 
     def oracle(self) -> str | None:
         if self.stop == "oracle_success":
-            return "fine-pruning stops on the trigger's attack success (seed 004's trigger-aware loop)"
+            return (
+                "fine-pruning stops on the trigger's attack success "
+                "(the trigger-aware loop of Kashyap & Maheshwari 2024)"
+            )
         return None
 
     def _done(self, asr: float) -> bool:

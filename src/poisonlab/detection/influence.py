@@ -1,4 +1,4 @@
-"""Fast exact TracInCP (Pruthi et al. 2020; seed 000, section 3.2):
+"""Fast exact TracInCP (Pruthi et al. 2020; Yacoubou 2024, section 3.2):
 
     TracInCP(z, z') = sum_i eta_i * grad_w l(w_i, z) . grad_w l(w_i, z')
 
@@ -471,7 +471,7 @@ class TracInCP:
         return out
 
     def summed_influence(self, train: Dataset, test: Dataset) -> torch.Tensor:
-        """Each training row's influence summed over the test rows (seed 000, Algorithm 1)."""
+        """Each training row's influence summed over the test rows (Yacoubou 2024, Algorithm 1)."""
         self._check("summed_influence", train, test)
         return self.self_and_summed_influence(train, test)[1]
 

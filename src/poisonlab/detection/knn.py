@@ -1,5 +1,6 @@
-"""Deep k-NN (Peri et al. 2020; seed 003 appendix B): a row whose label loses the plurality vote of its k
-nearest neighbours in penultimate-feature space is suspicious. Each point counts among its own neighbours.
+"""Deep k-NN (Peri et al. 2020; Mendata, Huang 2023, appendix B): a row whose label loses the plurality
+vote of its k nearest neighbours in penultimate-feature space is suspicious. Each point counts among its own
+neighbours.
 
     score_i = (max_{c != y_i} n_i(c) - n_i(y_i)) / k
 
@@ -95,13 +96,13 @@ def per_class_top(confidence: torch.Tensor, labels: torch.Tensor, per_class, gen
 
 @register("detector", "knn_k")
 class KNNK(Detector):
-    """k-NN(K) (seed 003 appendix B): per class, the K rows whose k-NN vote most agrees with their label."""
+    """k-NN(K) (Huang 2023, app. B): per class, the K rows whose k-NN vote most agrees with their label."""
 
     k: int | None = Field(
         None,
         ge=1,
-        description="neighbours, the row itself included; unset: the rows per class, N / classes (seed 003 "
-        "section 5.2, after Peri et al.)",
+        description="neighbours, the row itself included; unset: the rows per class, N / classes "
+        "(Mendata, Huang 2023, section 5.2, after Peri et al.)",
     )
     per_class: int = Field(
         100, ge=1, description="K: rows kept per class as the reference set (the most confident)"

@@ -1,4 +1,4 @@
-"""The simulated detector of seed 003 (Mendata, section 5.2): a reference set of given precision and recall.
+"""The simulated detector of Mendata (Huang 2023, sec. 5.2): a reference set of given precision and recall.
 
 An *evaluation-only oracle*: it reads the true poison mask, which no real curator has. Given precision P and
 recall R (recall over the clean rows: the share of the unmanipulated rows that land in the reference set),
@@ -8,7 +8,7 @@ it draws, uniformly and without replacement,
     n_poison = round(n_clean * (1 - P) / P)        poisoned rows
 
 and returns them as the reference set, so its precision n_clean / (n_clean + n_poison) is P and its recall
-n_clean / N_clean is R up to rounding. (Seed 003 writes the sizes as R * 0.99 * |D| and
+n_clean / N_clean is R up to rounding. (Huang 2023 writes the sizes as R * 0.99 * |D| and
 R * 0.99 * |D| * (1 - P) / P for its 1% poison budget; ``N_clean`` is the general form.)
 
 Use :meth:`SimulatedDetector.select` (or :func:`poisonlab.purification.select_reference`) with the mask;
@@ -46,7 +46,7 @@ def simulated_counts(num_clean: int, num_poison: int, precision: float, recall: 
 
 @register("detector", "simulated")
 class SimulatedDetector(Detector):
-    """Simulated detector (seed 003 sec. 5.2; evaluation-only oracle): reference set of given P and R."""
+    """Simulated detector (Huang 2023, sec. 5.2; evaluation-only oracle): reference set of given P and R."""
 
     precision: float = Field(1.0, gt=0, le=1, description="share of the reference set that is clean")
     recall: float = Field(0.5, gt=0, le=1, description="share of the clean rows put in the reference set")

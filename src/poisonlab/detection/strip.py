@@ -1,4 +1,4 @@
-"""STRIP (Gao et al. 2019; seed 004): an input-time trojan detector.
+"""STRIP (Gao et al. 2019): an input-time trojan detector.
 
 Each input x is superimposed with N clean images x_j drawn from a held-out clean pool (x + x_j clipped to
 [0, 1] as in Gao's code, or their average), and its score is the mean Shannon entropy of the predictions
@@ -58,7 +58,7 @@ def boundary_for_frr(entropies: np.ndarray, frr: float) -> float:
 
 @register("input_detector", "strip")
 class Strip(InputDetector):
-    """STRIP (Gao 2019; seed 004): mean prediction entropy of the input superimposed with N clean images."""
+    """STRIP (Gao 2019): mean prediction entropy of the input superimposed with N clean images."""
 
     num_overlays: int = Field(100, ge=1, description="clean images superimposed on each input (Gao: 100)")
     frr: float = Field(0.01, ge=0, lt=1, description="false-rejection rate the boundary is fitted for")

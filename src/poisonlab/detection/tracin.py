@@ -1,4 +1,4 @@
-"""TracInCP detectors (Pruthi et al. 2020; seed 000, section 3.2 and Algorithm 1).
+"""TracInCP detectors (Pruthi et al. 2020; Yacoubou 2024, section 3.2 and Algorithm 1).
 
     TracInCP(z, z') = sum_i eta_i * grad_w l(w_i, z) . grad_w l(w_i, z')
 
@@ -7,8 +7,8 @@ by :class:`poisonlab.detection.influence.TracInCP` (exact, batched, memory-bound
 
 Sign: a training point whose gradient agrees with a test point's lowers that test loss (positive
 influence, a *proponent*); a mislabeled point is an *opponent* of test points of its true class.
-Seed 000's published code did not reset gradients between the training and the test backward pass, so
-its "test gradient" held the training point's own gradient and its score was dominated by
+Yacoubou 2024's published code did not reset gradients between the training and the test backward pass,
+so its "test gradient" held the training point's own gradient and its score was dominated by
 self-influence; we implement the equation, and offer self-influence as a separate detector.
 """
 
@@ -38,7 +38,7 @@ def influence(model: nn.Module, checkpoints: Sequence[Checkpoint], train: Datase
 def summed_influence(
     model: nn.Module, checkpoints: Sequence[Checkpoint], train: Dataset, test: Dataset, **options
 ):
-    """Seed 000's Algorithm 1 score: each training row's influence summed over the ``test`` rows."""
+    """Yacoubou 2024's Algorithm 1 score: each training row's influence summed over the ``test`` rows."""
     return TracInCP(model, checkpoints, **options).summed_influence(train, test)
 
 
@@ -76,7 +76,7 @@ class _TracInDetector(Detector):
 
 @register("detector", "tracin_self")
 class TracInSelf(_TracInDetector):
-    """TracInCP self-influence: sum over checkpoints of lr * ||grad loss(z)||^2 (needs no test set)."""
+    """TracInCP self-influence (Pruthi 2020): sum over checkpoints of lr * ||grad l(z)||^2 (no test set)."""
 
     def _scores(self, data, run: TrainRun, *, test=None, generator=None) -> np.ndarray:
         return self._influence(run, data, None, None)[0].numpy()
@@ -84,7 +84,7 @@ class TracInSelf(_TracInDetector):
 
 @register("detector", "tracin_test")
 class TracInTest(_TracInDetector):
-    """Seed 000's Algorithm 1: TracInCP summed over `num_test` random test points, with a chosen sign."""
+    """Yacoubou 2024's Algorithm 1: TracInCP summed over `num_test` random test points, with a chosen sign."""
 
     num_test: int = Field(20, ge=1, description="test points drawn at random (seeded) from the test set")
     sign: Literal["negative", "positive", "absolute"] = Field(

@@ -1,4 +1,4 @@
-"""Purification (seed 003, Mendata): select a reference set, then change or drop the untrusted rows.
+"""Purification (Mendata, Huang 2023): select a reference set, then change or drop the untrusted rows.
 
 Importing the package registers the purifiers (kind ``purifier``): ``mendata``, ``random_noise``,
 ``friendly_noise``, ``ref`` and ``remove``.

@@ -1,4 +1,5 @@
-"""The purifier interface (seed 003): keep a reference set as it is, change or drop the untrusted rest.
+"""The purifier interface (Mendata, Huang 2023): keep a reference set as it is, change or drop the
+untrusted rest.
 
 A purifier is a registered method (kind ``purifier``) with
 

@@ -1,4 +1,5 @@
-"""Mendata (seed 003, section 4, Algorithm 1): purify untrusted rows by matching a reference set's features.
+"""Mendata (Huang, Gong & Reiter 2023, section 4, Algorithm 1): purify untrusted rows by matching a
+reference set's features.
 
 With R the reference rows, U the untrusted rows and h the curator's frozen feature extractor, Mendata
 looks for perturbations delta_x (eq. 1-2)
@@ -26,19 +27,19 @@ Algorithm 1 alternates, for at most ``max_rounds`` (30) rounds:
 Then every perturbation is multiplied by ``amplify`` and x + delta is clipped to the image box.
 Reference rows are never modified.
 
-Choices where seed 003 gives no value (its numbers are not in our copy of the text), documented and tested:
+Choices where the paper gives no value (its numbers are not in our copy of the text), documented and tested:
 the critic is Linear(d, 256) - LeakyReLU(0.2) - Linear(256, 1); Adam lr 1e-3 with WGAN-GP's betas
-(0.5, 0.9) and gp_weight 10; alpha 0.2, amplification 2; lambda = 0 with early stopping (the seed's
+(0.5, 0.9) and gp_weight 10; alpha 0.2, amplification 2; lambda = 0 with early stopping (the paper's
 own setting); the step-II step is normalised per row (``normalize``:
 delta_x -= lr * sqrt(d) * grad / ||grad||_2, so ``lr`` is the RMS pixel change of one step whatever the
 extractor's scale; ``normalize=False`` takes the raw gradient step).
 
-**Feature extractor.** The seed uses an ImageNet-pretrained ResNet-18, which cannot be downloaded here.
+**Feature extractor.** The paper uses an ImageNet-pretrained ResNet-18, which cannot be downloaded here.
 Pass any frozen ``torch.nn.Module`` as ``extractor=`` (a :class:`~poisonlab.models.Classifier`'s
 ``features`` is used when it has one), or give ``extractor_weights`` (a state dict of ``extractor_model``
 saved with ``torch.save``; loaded with ``weights_only=True``). Otherwise the offline default trains an
 ``extractor_model`` for ``extractor_epochs`` on the data the curator holds: ``extractor_source="released"``
-(default) the whole manipulated set, as Friendly noise's model is trained (seed 003 app. C);
+(default) the whole manipulated set, as Friendly noise's model is trained (Mendata's app. C);
 ``"reference"`` the reference rows only. A generic extractor responds to what a poisoner planted; one
 trained on the clean reference rows alone hardly does, and Mendata then has nothing to match: on MNIST
 with BadNets 3%, P = 1, R = 0.5 we measured attack success 1.6% with the released-data extractor and 87%
@@ -95,14 +96,14 @@ def critic_network(dim: int, hidden: int, generator: torch.Generator) -> nn.Sequ
 
 @register("purifier", "mendata")
 class Mendata(Purifier):
-    """Mendata (seed 003 Alg. 1): perturb untrusted rows so their features match the reference set's (W1)."""
+    """Mendata (Huang 2023, Alg. 1): perturb untrusted rows to match the reference set's features (W1)."""
 
     fraction: float = Field(
         0.2, gt=0, le=1, description="alpha: share of the untrusted rows (largest critic values) stepped"
     )
     lr: float = Field(0.02, gt=0, description="step-II step size (RMS pixel change per step if normalize)")
     normalize: bool = Field(True, description="normalise each row's step-II gradient (else raw gradient)")
-    lam: float = Field(0.0, ge=0, description="lambda, weight of ||delta||^2 (seed 003: 0, early stopping)")
+    lam: float = Field(0.0, ge=0, description="lambda, weight of ||delta||^2 (Huang 2023: 0, early stopping)")
     amplify: float = Field(2.0, ge=1, description="factor the final perturbations are multiplied by")
     max_rounds: int = Field(30, ge=1, description="maximum alternations of steps I and II")
     patience: int = Field(5, ge=1, description="stop when this many last rounds are all worse than the best")

@@ -1,4 +1,4 @@
-"""Noise purifiers, the baselines of seed 003 (section 5.3, appendix C).
+"""Noise purifiers, the baselines of Mendata (Huang 2023; section 5.3, appendix C).
 
 **Random noise** ``Rand(sigma)``: every untrusted row gets i.i.d. Gaussian noise of standard deviation sigma
 on each pixel, then is clipped to [0, 1].
@@ -11,8 +11,8 @@ that leaves f's output nearly unchanged,
 
 solved per batch by SGD with Nesterov momentum (lr / 10 at 1/2 and 3/4 of the steps) from a uniform
 start in [-eps, eps], projecting delta to the ball and x + delta to the image box after every step.
-Seed 003 sets mu = 1 and searches eps. The per-row KL is averaged over the batch and mean(delta^2) over
-its pixels, so the step size is large (Liu et al.'s lr 100 at batch 128).
+Mendata (Huang 2023) sets mu = 1 and searches eps. The per-row KL is averaged over the batch and
+mean(delta^2) over its pixels, so the step size is large (Liu et al.'s lr 100 at batch 128).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from poisonlab.registry import register
 
 @register("purifier", "random_noise")
 class RandomNoise(Purifier):
-    """Random noise Rand(sigma) (seed 003 sec. 5.3): Gaussian noise on every untrusted row, clipped."""
+    """Random noise Rand(sigma) (Huang 2023, sec. 5.3): Gaussian noise on every untrusted row, clipped."""
 
     sigma: float = Field(
         0.1, ge=0, description="standard deviation of the per-pixel noise (pixels in [0, 1])"
@@ -97,7 +97,7 @@ def friendly_noise(
 
 @register("purifier", "friendly_noise")
 class FriendlyNoise(Purifier):
-    """Friendly noise Frien(eps) (Liu 2022; seed 003 app. C): largest L_inf noise keeping the outputs."""
+    """Friendly noise Frien(eps) (Liu 2022): largest L_inf noise keeping the outputs."""
 
     eps: float = Field(16 / 255, gt=0, le=1, description="L_inf radius of the noise")
     mu: float = Field(1.0, ge=0, description="weight of the noise-size reward against the KL term")

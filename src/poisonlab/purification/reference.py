@@ -1,4 +1,4 @@
-"""Reference selection and the Ref / remove-and-retrain baseline (seed 003 sections 3.1, 5.2, 5.3).
+"""Reference selection and the Ref / remove-and-retrain baseline (Mendata, Huang 2023, sec. 3.1, 5.2, 5.3).
 
 :func:`select_reference` turns a detector into a reference mask (True = trusted reference row):
 
@@ -114,7 +114,7 @@ def reference_quality(reference_mask: torch.Tensor, is_poisoned: torch.Tensor) -
 
 @register("purifier", "ref")
 class Ref(Purifier):
-    """Ref (seed 003 sec. 5.3): drop the untrusted rows and train on the reference set alone."""
+    """Ref (Huang 2023, sec. 5.3): drop the untrusted rows and train on the reference set alone."""
 
     needs_generator: ClassVar[bool] = False
 
