@@ -166,3 +166,24 @@ def test_a_new_attack_with_its_own_figure_plugs_in_from_its_own_module():
     metrics = result.results["metrics"]
     assert metrics["attack.test_brighten.net_success_rate"] > 0.2  # brightened inputs go to class 0
     assert report_figures(result) == {"test_brighten: 270 brightened rows": b"png"}
+
+
+def test_shared_run_values_are_keyed_by_the_data_object_not_its_id():
+    """A freed dataset's id may be reused by another one: the cache must not hand over its features."""
+    import weakref
+
+    from poisonlab.data import Dataset
+    from poisonlab.training import TrainRun
+
+    def tiny() -> Dataset:
+        return Dataset(torch.zeros(2, 1, 2, 2), torch.tensor([0, 1]), ("a", "b"))
+
+    run = TrainRun(model=torch.nn.Identity(), checkpoints=[])
+    calls = []
+    first, other = tiny(), tiny()
+    assert run.shared(("k",), first, lambda: calls.append(1) or "first") == "first"
+    assert run.shared(("k",), first, lambda: calls.append(1) or "again") == "first" and calls == [1]
+    # what an id reuse looks like: the slot of `other`'s id holds a value computed for another object
+    run.cache[(("k",), id(other))] = (weakref.ref(first), "first")
+    assert run.shared(("k",), other, lambda: "other") == "other"
+    assert run.shared(("k",), other, lambda: "x", fits=lambda v: v == "never") == "x"  # fits refuses

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -86,7 +87,18 @@ class TrainRun:
     checkpoints: list[Checkpoint]
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
-    cache: dict = field(default_factory=dict, repr=False)  # derived quantities detectors share
+    cache: dict = field(default_factory=dict, repr=False)  # derived quantities detectors share (``shared``)
+
+    def shared(self, key: tuple, data, compute, fits=None):
+        """``compute()`` for ``data`` under ``key``, computed once per run and data object (again when
+        ``fits(value)`` says the stored value does not serve this call): detectors of one trial share
+        features and gradient passes. The entry remembers its data object by identity (a weak reference),
+        so another dataset that happens to reuse a freed object's ``id`` never reads it."""
+        entry = self.cache.get((key, id(data)))
+        if entry is None or entry[0]() is not data or (fits is not None and not fits(entry[1])):
+            entry = (weakref.ref(data), compute())
+            self.cache[(key, id(data))] = entry
+        return entry[1]
 
 
 def augment_batch(x: torch.Tensor, generator: torch.Generator, hflip: bool = True) -> torch.Tensor:

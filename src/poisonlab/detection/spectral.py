@@ -22,17 +22,18 @@ from poisonlab.training import TrainRun
 
 @torch.no_grad()
 def penultimate(run: TrainRun, data: Dataset, batch_size: int = 256) -> torch.Tensor:
-    """Penultimate features ``run.model.features(x)`` of every row (float64, CPU), kept in ``run.cache``."""
-    key = ("features", id(data), len(data))
-    if key not in run.cache:
+    """Penultimate features ``run.model.features(x)`` of every row (float64, CPU), shared within the run."""
+
+    def compute() -> torch.Tensor:
         model = run.model
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device
         feats = [model.features(xb.to(device)).flatten(1).cpu() for xb in data.x.split(batch_size)]
         model.train(was_training)
-        run.cache[key] = torch.cat(feats).double() if feats else torch.zeros(0, 0, dtype=torch.float64)
-    return run.cache[key]
+        return torch.cat(feats).double() if feats else torch.zeros(0, 0, dtype=torch.float64)
+
+    return run.shared(("features",), data, compute)
 
 
 def spectral_scores(features: torch.Tensor, labels: torch.Tensor, *, normalize: bool = False) -> np.ndarray:

@@ -58,20 +58,20 @@ class _TracInDetector(Detector):
         return value
 
     def _influence(self, run: TrainRun, data: Dataset, test: Dataset | None, pick: torch.Tensor | None):
-        """Self and summed scores; detectors of one run share one gradient pass (in ``run.cache``)."""
-        key = ("tracin", id(data), tuple(self.layers or ()), self.memory_budget)
+        """Self and summed scores; detectors of one run share one gradient pass (``run.shared``)."""
+        key = ("tracin", tuple(self.layers or ()), self.memory_budget)
         picked = None if pick is None else tuple(pick.tolist())
-        hit = run.cache.get(key)
-        if hit is None or (picked is not None and hit[2] != picked):
+
+        def compute():
             engine = TracInCP(
                 run.model, run.checkpoints, layers=self.layers, memory_budget=self.memory_budget
             )
             if pick is None:
-                hit = (engine.self_influence(data), None, None)
-            else:
-                hit = (*engine.self_and_summed_influence(data, test.subset(pick)), picked)
-            run.cache[key] = hit
-        return hit
+                return (engine.self_influence(data), None, None)
+            return (*engine.self_and_summed_influence(data, test.subset(pick)), picked)
+
+        # self-influence serves every call; the summed scores only a call with the same test rows
+        return run.shared(key, data, compute, fits=lambda hit: picked is None or hit[2] == picked)
 
 
 @register("detector", "tracin_self")
