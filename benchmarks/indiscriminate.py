@@ -70,7 +70,7 @@ SETTINGS = {
         "train": TrainConfig(epochs=15, lr=0.05, batch_size=128, weight_decay=5e-4, milestones=(10,)),
         "eps_w": 0.5, "gradpc": {"steps": 50, "batch_size": 250},
         "gc_steps": {0.03: 200, 0.1: 200, 1.0: 40, "tau": 40}, "dtype": "float32",
-        "tgda": {"steps": 30, "cg_iters": 3, "batch_size": 128},
+        "tgda": {"steps": 30, "cg_iters": 3, "batch_size": 128, "val_size": 200},
     },
 }  # fmt: skip
 MAX_EPS = 2.0  # GC at tau is skipped above this (the cost grows with the number of poisons)
