@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 TORCH   := torch==2.13.0
 DATA    ?= $(abspath ../shared/data)
 
-.PHONY: run test lint venv clean
+.PHONY: run test test-fast lint venv clean
 
 $(BIN)/poisonlab: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,6 +23,10 @@ run: venv
 test: venv
 	$(BIN)/ruff check src tests benchmarks
 	POISONLAB_DATA=$(DATA) $(BIN)/python -m pytest -q
+
+test-fast: venv   # the everyday lane, under a minute; CI runs `make test`
+	$(BIN)/ruff check src tests benchmarks
+	POISONLAB_DATA=$(DATA) $(BIN)/python -m pytest -q -m fast
 
 lint: venv
 	$(BIN)/ruff check src tests benchmarks

@@ -16,6 +16,19 @@ torch.set_num_threads(int(os.environ.get("POISONLAB_TEST_THREADS", "1")))
 
 NO_SKIP = os.environ.get("POISONLAB_NO_SKIP") == "1"
 
+# The fast lane (`make test-fast`, under a minute on 2 cores): unit, oracle (hand-computed metrics),
+# bad-input, contract and architecture tests; `make test` (what CI runs) adds the trained-model effect tests.
+FAST_MODULES = {
+    "test_architecture.py", "test_bad_inputs_api.py", "test_bad_inputs_cli.py", "test_cli.py",
+    "test_contract.py", "test_data.py", "test_metrics.py", "test_report.py",
+}  # fmt: skip
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in FAST_MODULES:
+            item.add_marker(pytest.mark.fast)
+
 
 @pytest.fixture(scope="session")
 def data_root() -> Path:
