@@ -178,3 +178,37 @@ def test_figure_to_png():
     fig = Figure(figsize=(1, 1))
     fig.add_subplot().imshow(np.eye(3), cmap="gray")
     assert figure_to_png(fig).startswith(PNG_SIGNATURE)
+
+
+def test_the_page_opens_with_a_headline_of_net_effects_flag_rates_and_oracles():
+    results = {
+        "name": "h",
+        "trials": 4,
+        "metrics": {
+            "victim.clean_accuracy": 0.9, "twin.clean_accuracy": 0.92,
+            "attack.bd.success_rate": 0.95, "attack.bd.twin_success_rate": 0.05,
+            "attack.bd.net_success_rate": 0.9,
+            "detection.knn.auroc": 0.987, "detection.knn.recall_at_1pct": 0.2,
+            "detection.knn.precision_at_1pct": 1.0, "detection.knn.recall_at_5pct": 0.6,
+            "detection.knn.precision_at_5pct": 0.6, "detection.knn.recall": 0.99,
+            "detection.knn.flagged_fraction": 0.31, "detection.knn.recall_at_budget": 0.8,
+            "defense.fp.attack_success_before": 0.95, "defense.fp.attack_success": 0.02,
+            "defense.fp.net_attack_success": 0.01, "defense.fp.clean_accuracy_before": 0.9,
+            "defense.fp.clean_accuracy": 0.88,
+            "strip.far": 0.03, "strip.frr": 0.01, "strip.auroc": 0.99,
+            "purification.mendata.clean_accuracy": 0.87, "purification.mendata.bd.success_rate": 0.04,
+            "purification.mendata.bd.net_success_rate": -0.01,
+        },  # fmt: skip
+        "metrics_se": {"attack.bd.net_success_rate": 0.05},
+        "oracle_metrics": ["defense.fp.attack_success", "defense.fp.net_attack_success"],
+    }
+    html = render_report(results, [])
+    headline = html[html.index("<section id='headline'>") : html.index("<section id='metrics'>")]
+    assert html.index("id='headline'") < html.index("id='metrics'")  # first, before the full table
+    text = re.sub(r"<[^>]+>", " ", headline)
+    assert "+90.0 ± 5.0" in text  # the net success with its standard error, beside 95.0 and 5.0
+    assert "95.0" in text and "5.0" in text
+    assert "recall @1%" in text and "20.0" in text and "0.987" in text and "31.0" in text
+    assert text.count("oracle") == 2  # the trigger-aware defense numbers
+    assert "strip" in text and "3.0" in text and "mendata / bd" in text and "-1.0" in text
+    assert "Headline" not in render_report({"name": "x", "metrics": {"a.b": 1.0}}, [])

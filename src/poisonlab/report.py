@@ -585,6 +585,107 @@ def _metrics_section(results: Mapping) -> str:
     )
 
 
+def _headline_section(results: Mapping) -> str:
+    """What a reader takes in at a glance: per attack its net success, per detector its recall and precision
+    with 1% / 5% of the rows flagged and AUROC, per defense / purifier / input detector the success before
+    and after and the accuracy it cost; oracle numbers marked. Empty when the run measured none of these."""
+    m = _flatten(results.get("metrics") or {})
+    se = _flatten(results.get("metrics_se") or {})
+    oracle = set(results.get("oracle_metrics") or ())
+
+    def cell(key: str, scale: float = 100.0, signed: bool = False) -> str:
+        """A percentage with one decimal (scale 100) or a raw value with three (scale 1, AUROC)."""
+        value = m.get(key)
+        if not _is_number(value) or not math.isfinite(float(value)):
+            return "<td class='num'>–</td>"
+        fmt = (".1f" if scale == 100.0 else ".3f") if not signed else ("+.1f" if scale == 100.0 else "+.3f")
+        text = format(scale * float(value), fmt)
+        err = se.get(key)
+        if _is_number(err) and math.isfinite(float(err)) and float(err) > 0:
+            text += " ± " + format(scale * float(err), fmt.lstrip("+"))
+        mark = " <span class='oracle' title='reads ground truth beyond scoring'>oracle</span>"
+        return f"<td class='num'>{_e(text)}{mark if key in oracle else ''}</td>"
+
+    def ids(prefix: str, suffixes: tuple[str, ...]) -> list[str]:
+        out = []
+        for key in m:
+            for suffix in suffixes:
+                if key.startswith(prefix) and key.endswith("." + suffix):
+                    ident = key[len(prefix) : -len(suffix) - 1]
+                    if ident and "." not in ident and ident not in out:
+                        out.append(ident)
+        return out
+
+    def table(head: list[str], rows: list[str]) -> str:
+        th = "".join(f"<th>{_e(h)}</th>" for h in head)
+        return f"<table class='metrics'><thead><tr>{th}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+    parts = []
+    if "victim.clean_accuracy" in m:
+        parts.append(
+            "<p>Clean accuracy, %: victim "
+            + _e(f"{100 * m['victim.clean_accuracy']:.1f}")
+            + (f", clean twin {100 * m['twin.clean_accuracy']:.1f}" if "twin.clean_accuracy" in m else "")
+            + ".</p>"
+        )
+    rows = []
+    for ident in ids("attack.", ("success", "success_rate")):
+        key = "success" if f"attack.{ident}.success" in m else "success_rate"
+        rows.append(
+            f"<tr><td class='name'>{_e(ident)}</td>{cell(f'attack.{ident}.{key}')}"
+            f"{cell(f'attack.{ident}.twin_{key}')}{cell(f'attack.{ident}.net_{key}', signed=True)}</tr>"
+        )
+    if rows:
+        parts.append("<h3>Attacks: success, %</h3>" + table(["attack", "victim", "clean twin", "net"], rows))
+    rows = []
+    for ident in ids("detection.", ("auroc",)):
+        d = f"detection.{ident}"
+        keys = ("recall_at_1pct", "precision_at_1pct", "recall_at_5pct", "precision_at_5pct")
+        cells = "".join(cell(f"{d}.{k}") for k in keys)
+        cells += cell(f"{d}.auroc", 1.0) + cell(f"{d}.recall") + cell(f"{d}.flagged_fraction")
+        rows.append(f"<tr><td class='name'>{_e(ident)}</td>{cells}</tr>")
+    if rows:
+        head = ["detector", "recall @1%", "precision @1%", "recall @5%", "precision @5%", "AUROC",
+                "recall @threshold", "flagged @threshold"]  # fmt: skip
+        title = "<h3>Detectors: poisons found with 1% / 5% of the rows flagged, %</h3>"
+        parts.append(title + table(head, rows))
+    rows = []
+    for ident in ids("defense.", ("attack_success",)):
+        d = f"defense.{ident}"
+        rows.append(
+            f"<tr><td class='name'>{_e(ident)}</td>{cell(f'{d}.attack_success_before')}"
+            f"{cell(f'{d}.attack_success')}{cell(f'{d}.net_attack_success', signed=True)}"
+            f"{cell(f'{d}.clean_accuracy_before')}{cell(f'{d}.clean_accuracy')}</tr>"
+        )
+    if rows:
+        head = ["defense", "success before", "success after", "net after", "accuracy before", "after"]
+        parts.append("<h3>Defenses, %</h3>" + table(head, rows))
+    rows = [
+        f"<tr><td class='name'>{_e(ident)}</td>{cell(f'{ident}.far')}{cell(f'{ident}.frr')}"
+        f"{cell(f'{ident}.auroc', 1.0)}</tr>"
+        for ident in ids("", ("far",))
+    ]
+    if rows:
+        head = ["input detector", "triggered inputs passed (FAR)", "clean inputs rejected (FRR)", "AUROC"]
+        parts.append("<h3>Input detectors, %</h3>" + table(head, rows))
+    rows = []
+    for ident in ids("purification.", ("clean_accuracy",)):
+        p = f"purification.{ident}"
+        for attack in ids("attack.", ("success", "success_rate")):
+            key = "success" if f"{p}.{attack}.success" in m else "success_rate"
+            rows.append(
+                f"<tr><td class='name'>{_e(ident)} / {_e(attack)}</td>{cell(f'attack.{attack}.{key}')}"
+                f"{cell(f'{p}.{attack}.{key}')}{cell(f'{p}.{attack}.net_{key}', signed=True)}"
+                f"{cell(f'{p}.clean_accuracy')}</tr>"
+            )
+    if rows:
+        head = ["purifier / attack", "success unpurified", "after", "net after", "accuracy after"]
+        parts.append("<h3>Purifiers, %</h3>" + table(head, rows))
+    if len(parts) <= 1:
+        return ""
+    return "<section id='headline'><h2>Headline</h2>" + "".join(parts) + "</section>"
+
+
 def _detector_summary(view: DetectorView, aurocs: dict[str, float]) -> str:
     rows = []
     thr = view.threshold if view.threshold is not None and math.isfinite(view.threshold) else None
@@ -700,6 +801,10 @@ def render_report(
     created = str(results.get("created") or _dt.datetime.now().isoformat(timespec="seconds"))
     toc: list[tuple[str, str]] = [("metrics", "Metrics")]
     sections = [f"<section id='metrics'><h2>Metrics</h2>{_metrics_section(results)}</section>"]
+    headline = _headline_section(results)
+    if headline:
+        sections.insert(0, headline)
+        toc.insert(0, ("headline", "Headline"))
 
     notes = results.get("notes") or []
     if isinstance(notes, str):
