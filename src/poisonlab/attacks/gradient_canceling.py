@@ -30,12 +30,12 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
-from torch.func import functional_call, grad, jvp
+from torch.func import grad, jvp
 
 from poisonlab.attacks.base import SurrogateAttack, train_clean_model
+from poisonlab.attacks.gradients import dot, parameters_of, summed_gradient, summed_loss
 from poisonlab.data import Dataset
 from poisonlab.errors import ConfigError
 from poisonlab.poison import AttackGoal, PoisonedDataset
@@ -60,29 +60,6 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 # ----------------------------------------------------------------------------------------------------
 # shared helpers
-
-
-def _params(model: nn.Module, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """Detached copies of the trainable parameters, by name."""
-    named = model.named_parameters()
-    return {n: p.detach().to(dtype or p.dtype).clone() for n, p in named if p.requires_grad}
-
-
-def _loss_sum(model: nn.Module, params: dict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(functional_call(model, params, (x,)), y, reduction="sum")
-
-
-def _summed_gradient(model: nn.Module, params: dict, x, y, batch_size: int) -> dict[str, torch.Tensor]:
-    """sum_i grad_w l(x_i, y_i; w), accumulated over chunks of ``batch_size`` rows."""
-    total = {n: torch.zeros_like(p) for n, p in params.items()}
-    for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
-        for n, g in grad(_loss_sum, argnums=1)(model, params, xb, yb).items():
-            total[n] += g
-    return total
-
-
-def _dot(a: dict, b: dict) -> torch.Tensor:
-    return sum((a[n] * b[n]).sum() for n in a)
 
 
 def parameter_distance(a: nn.Module, b: nn.Module) -> float:
@@ -144,7 +121,7 @@ def gradpc(
     target = copy.deepcopy(model).eval()
     device = next(target.parameters()).device
     x, y = data.x.to(device), data.y.to(device)
-    clean = _params(target)
+    clean = parameters_of(target)
     delta = {n: torch.zeros_like(p) for n, p in clean.items()}
     for step in range(steps):
         if batch_size is None or batch_size >= len(data):
@@ -153,7 +130,7 @@ def gradpc(
             pick = torch.randperm(len(data), generator=generator)[:batch_size].to(device)
             xb, yb = x[pick], y[pick]
         params = {n: clean[n] + delta[n] for n in clean}
-        g = _summed_gradient(target, params, xb, yb, chunk)
+        g = summed_gradient(target, params, xb, yb, chunk)
         if norm == "l2":
             length = math.sqrt(sum(float(v.pow(2).sum()) for v in g.values())) or 1.0
             g = {n: v / length for n, v in g.items()}
@@ -290,9 +267,9 @@ def gradient_canceling(
         raise ConfigError(f"gradient_canceling: optimizer must be 'adam' or 'gd', got {optimizer!r}")
     model = copy.deepcopy(target).to(dtype).eval()
     device = next(model.parameters()).device
-    params = _params(model)
+    params = parameters_of(model)
     n_total = len(clean) + len(poisons)
-    base = _summed_gradient(model, params, clean.x.to(device, dtype), clean.y.to(device), batch_size)
+    base = summed_gradient(model, params, clean.x.to(device, dtype), clean.y.to(device), batch_size)
     if weight_decay:
         base = {n: base[n] + n_total * weight_decay * params[n] for n in base}
     x = poisons.x.to(device, dtype).clone()
@@ -301,15 +278,15 @@ def gradient_canceling(
 
     def direction(xb, yb, r):
         def along_r(xx):  # <r, grad_w L(xx)>: the derivative of L(w* + h r) at h = 0
-            return jvp(lambda p: _loss_sum(model, p, xx, yb), (params,), (r,))[1]
+            return jvp(lambda p: summed_loss(model, p, xx, yb), (params,), (r,))[1]
 
         return grad(along_r)(xb)
 
     history = []
     for step in range(steps + 1):
-        g_p = _summed_gradient(model, params, x, y, batch_size)
+        g_p = summed_gradient(model, params, x, y, batch_size)
         r = {n: base[n] + g_p[n] for n in base}
-        history.append(0.5 * float(_dot(r, r)))
+        history.append(0.5 * float(dot(r, r)))
         if step == steps or (tol > 0 and history[-1] <= tol * history[0]):
             break
         d = torch.cat([direction(xb, yb, r) for xb, yb in zip(x.split(batch_size), y.split(batch_size))])

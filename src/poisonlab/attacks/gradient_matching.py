@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from poisonlab.attacks.sleeper_agent import matching_loss
+from poisonlab.attacks.gradients import matching_loss
 from poisonlab.attacks.targeted import PerturbationAttack, adversarial_loss, trainable
 from poisonlab.registry import register
 

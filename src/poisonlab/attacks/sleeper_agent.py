@@ -24,6 +24,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from poisonlab.attacks.backdoor import BackdoorAttack, Corner, PatchTrigger
+from poisonlab.attacks.gradients import matching_loss
 from poisonlab.data import Dataset
 from poisonlab.errors import ConfigError
 from poisonlab.models import MODELS, build_model
@@ -48,15 +49,6 @@ def gradient_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_siz
         g = per_sample(params, xb, yb)
         norms.append(torch.sqrt(sum(v.reshape(len(xb), -1).pow(2).sum(1) for v in g.values())))
     return torch.cat(norms)
-
-
-def matching_loss(
-    grads: tuple[torch.Tensor, ...], target: tuple[torch.Tensor, ...], target_norm
-) -> torch.Tensor:
-    """1 - cos(grads, target), the cosine over all parameters at once."""
-    dot = sum((g * t).sum() for g, t in zip(grads, target))
-    norm = torch.sqrt(sum(g.pow(2).sum() for g in grads))
-    return 1 - dot / (norm * target_norm + 1e-12)
 
 
 @register("attack", "sleeper_agent")

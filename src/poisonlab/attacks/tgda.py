@@ -27,7 +27,8 @@ from torch import nn
 from torch.func import functional_call, grad, jvp
 
 from poisonlab.attacks.base import SurrogateAttack
-from poisonlab.attacks.gradient_canceling import _dot, _loss_sum, _params, draw_sources
+from poisonlab.attacks.gradient_canceling import draw_sources
+from poisonlab.attacks.gradients import dot, parameters_of, summed_loss
 from poisonlab.data import Dataset
 from poisonlab.errors import ConfigError
 from poisonlab.poison import AttackGoal, PoisonedDataset
@@ -60,19 +61,19 @@ def conjugate_gradient(hvp, b: dict, *, iters: int = 10, damping: float = 0.01, 
     v = {n: torch.zeros_like(t) for n, t in b.items()}
     r = {n: t.clone() for n, t in b.items()}
     p = {n: t.clone() for n, t in b.items()}
-    rs = float(_dot(r, r))
+    rs = float(dot(r, r))
     b_norm = math.sqrt(rs)
     for it in range(iters):
         hp = hvp(p)
         ap = {n: hp[n] + damping * p[n] for n in p}
-        curvature = float(_dot(p, ap))
+        curvature = float(dot(p, ap))
         if curvature <= 0:
             return v if it else {n: t.clone() for n, t in b.items()}
         alpha = rs / curvature
         for n in v:
             v[n] += alpha * p[n]
             r[n] -= alpha * ap[n]
-        rs_new = float(_dot(r, r))
+        rs_new = float(dot(r, r))
         if math.sqrt(rs_new) <= tol * b_norm:
             break
         p = {n: r[n] + (rs_new / rs) * p[n] for n in p}
@@ -129,7 +130,7 @@ def tgda(
         torch.manual_seed(seed)  # the generator's initial weights come from ``generator``
         gen = PoisonGenerator(train.input_shape, hidden).to(device)
     theta = {n: p.detach().clone() for n, p in gen.named_parameters()}
-    w = _params(model)
+    w = parameters_of(model)
     x_c, y_c = train.x.to(device), train.y.to(device)
     x_s, y_s = train.x[sources].to(device), train.y[sources].to(device)
     x_v, y_v = val.x.to(device), val.y.to(device)
@@ -144,10 +145,10 @@ def tgda(
 
     def poison_loss(w_, th, xb, yb):  # the poisons' share of F (weighted sum)
         xp = functional_call(gen, th, (xb,))
-        return _loss_sum(model, w_, xp, yb) * (n_p / len(xb)) * scale
+        return summed_loss(model, w_, xp, yb) * (n_p / len(xb)) * scale
 
     def train_loss(w_, th, xc, yc, xb, yb):
-        clean = _loss_sum(model, w_, xc, yc) * (n_c / len(xc)) * scale
+        clean = summed_loss(model, w_, xc, yc) * (n_c / len(xc)) * scale
         reg = 0.5 * weight_decay * sum((p * p).sum() for p in w_.values())
         return clean + poison_loss(w_, th, xb, yb) + reg
 
