@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import inspect
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import torch
@@ -122,7 +123,6 @@ def test_the_runner_names_no_method_family(module):
 def test_a_new_attack_with_its_own_figure_plugs_in_from_its_own_module():
     """The README's contributor example: one registered class, nothing else changed, runs end to end with
     its net success and its own figure in the report."""
-    from typing import ClassVar
 
     from pydantic import Field
 
@@ -187,3 +187,38 @@ def test_shared_run_values_are_keyed_by_the_data_object_not_its_id():
     run.cache[(("k",), id(other))] = (weakref.ref(first), "first")
     assert run.shared(("k",), other, lambda: "other") == "other"
     assert run.shared(("k",), other, lambda: "x", fits=lambda v: v == "never") == "x"  # fits refuses
+
+
+def test_a_new_detector_with_its_own_reference_rule_plugs_in_from_its_own_module():
+    """A detector brings its own reference selection (``reference_mask``); the purification stage uses it."""
+    import numpy as np
+
+    from poisonlab.detection.base import Detector
+    from poisonlab.experiment import ExperimentConfig, run_experiment
+    from poisonlab.registry import REGISTRY, register
+
+    @register("detector", "test_first_rows")
+    class FirstRows(Detector):
+        """Trust the first 300 rows (a test detector)."""
+
+        needs_run: ClassVar[bool] = False
+
+        def _scores(self, data, run, *, test=None, generator=None) -> np.ndarray:
+            return (np.arange(len(data)) % 2).astype(float)
+
+        def reference_mask(self, data, *, run, features, is_poisoned, test, generator, keep_fraction=0.5):
+            return torch.arange(len(data)) < 300  # not what the default rule (half per class) would keep
+
+    try:
+        config = ExperimentConfig.model_validate(
+            {
+                "model": "logreg", "train": {"epochs": 2, "checkpoint_every": 2},
+                "attacks": [{"name": "label_flip_random", "fraction": 0.1}],
+                "reference": {"name": "test_first_rows"}, "purifiers": [{"name": "ref"}],
+            }  # fmt: skip
+        )
+        metrics = run_experiment(config).results["metrics"]
+    finally:
+        REGISTRY["detector"].pop("test_first_rows")
+    assert metrics["purification.reference.size"] == 300
+    assert metrics["purification.ref.rows"] == 300

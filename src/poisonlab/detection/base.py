@@ -24,6 +24,30 @@ def check_run(run, data: Dataset, where: str) -> TrainRun:
     return run
 
 
+def per_class_top(confidence: torch.Tensor, labels: torch.Tensor, per_class, generator=None) -> torch.Tensor:
+    """Boolean mask of the ``per_class`` rows of each class with the highest confidence (ties: seeded random).
+
+    ``per_class`` is one count for every class or a tensor of counts indexed by class; a class with fewer
+    rows keeps all of them. Sorting is done once over all rows (by class, then confidence,
+    then a random key), so there is no per-class Python loop.
+    """
+    n = len(labels)
+    generator = generator or torch.Generator().manual_seed(0)
+    tie = torch.rand(n, generator=generator, dtype=torch.float64)
+    conf = confidence.double()
+    # lexicographic order: label ascending, confidence descending, random key ascending
+    order = torch.argsort(tie, stable=True)
+    order = order[torch.argsort(-conf[order], stable=True)]
+    order = order[torch.argsort(labels[order], stable=True)]
+    sorted_labels = labels[order]
+    first = torch.searchsorted(sorted_labels, sorted_labels, right=False)
+    rank = torch.arange(n) - first
+    mask = torch.zeros(n, dtype=torch.bool)
+    limit = per_class[sorted_labels] if isinstance(per_class, torch.Tensor) else per_class
+    mask[order[rank < limit]] = True
+    return mask
+
+
 class Detector(Method):
     """Base of every training-set detector: :meth:`scores` validates its arguments, then calls ``_scores``."""
 
@@ -55,6 +79,28 @@ class Detector(Method):
     def check_data(self, data: Dataset, test: Dataset | None = None) -> None:
         """Reject parameters ``data`` / ``test`` cannot satisfy with a one-line ConfigError, before scoring
         (e.g. more neighbours than rows); :meth:`scores` calls it first."""
+
+    def reference_mask(
+        self,
+        data: Dataset,
+        *,
+        run: TrainRun | None,
+        features: torch.Tensor | None,
+        is_poisoned: torch.Tensor | None,
+        test: Dataset | None,
+        generator: torch.Generator,
+        keep_fraction: float = 0.5,
+    ) -> torch.Tensor:
+        """The rows this detector trusts as a purifier's reference set (True = reference): by default the
+        ``keep_fraction`` least suspicious rows of each class. ``purification.select_reference`` validates
+        the arguments and calls it; a detector with its own rule (k-NN(K), the simulated oracle) overrides it.
+        """
+        if not 0 < keep_fraction <= 1:
+            raise ConfigError(f"keep_fraction must be in (0, 1], got {keep_fraction}")
+        scores = np.asarray(self.scores(data, run, test=test, generator=generator), dtype=np.float64)
+        counts = torch.bincount(data.y, minlength=data.num_classes).double()
+        keep = torch.ceil(keep_fraction * counts).long()
+        return per_class_top(torch.from_numpy(-scores), data.y, keep, generator)
 
     def _scores(
         self, data: Dataset, run: TrainRun | None, *, test: Dataset | None, generator: torch.Generator | None

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from poisonlab.data import Dataset
-from poisonlab.detection.base import Detector
+from poisonlab.detection.base import Detector, per_class_top  # noqa: F401  (per_class_top: re-export)
 from poisonlab.detection.spectral import penultimate
 from poisonlab.errors import ConfigError
 from poisonlab.registry import register
@@ -37,6 +37,15 @@ def neighbour_votes(
         nearest = dist.topk(k, largest=False).indices
         votes.append(F.one_hot(labels[nearest], num_classes).sum(1))
     return torch.cat(votes)
+
+
+def features_for(detector: Detector, data: Dataset, run: TrainRun | None, features) -> torch.Tensor:
+    """``features`` when given (e.g. a separate extractor's), else ``run``'s penultimate features."""
+    if features is not None:
+        return features
+    if run is None:
+        raise ConfigError(f"{detector.name}: pass run= or features= for the k-NN")
+    return penultimate(run, data)
 
 
 def knn_scores(features: torch.Tensor, labels: torch.Tensor, k: int, num_classes: int) -> np.ndarray:
@@ -69,29 +78,12 @@ class DeepKNN(Detector):
             feats = F.normalize(feats, dim=1)
         return knn_scores(feats, data.y, self.k, data.num_classes)
 
-
-def per_class_top(confidence: torch.Tensor, labels: torch.Tensor, per_class, generator=None) -> torch.Tensor:
-    """Boolean mask of the ``per_class`` rows of each class with the highest confidence (ties: seeded random).
-
-    ``per_class`` is one count for every class or a tensor of counts indexed by class; a class with fewer
-    rows keeps all of them. Sorting is done once over all rows (by class, then confidence,
-    then a random key), so there is no per-class Python loop.
-    """
-    n = len(labels)
-    generator = generator or torch.Generator().manual_seed(0)
-    tie = torch.rand(n, generator=generator, dtype=torch.float64)
-    conf = confidence.double()
-    # lexicographic order: label ascending, confidence descending, random key ascending
-    order = torch.argsort(tie, stable=True)
-    order = order[torch.argsort(-conf[order], stable=True)]
-    order = order[torch.argsort(labels[order], stable=True)]
-    sorted_labels = labels[order]
-    first = torch.searchsorted(sorted_labels, sorted_labels, right=False)
-    rank = torch.arange(n) - first
-    mask = torch.zeros(n, dtype=torch.bool)
-    limit = per_class[sorted_labels] if isinstance(per_class, torch.Tensor) else per_class
-    mask[order[rank < limit]] = True
-    return mask
+    def reference_mask(self, data, *, run, features, is_poisoned, test, generator, keep_fraction=0.5):
+        """The rows whose label wins the plurality vote of their neighbours (a tie: a disagreement)."""
+        feats = features_for(self, data, run, features).double()
+        if self.normalize:
+            feats = F.normalize(feats, dim=1)
+        return torch.from_numpy(knn_scores(feats, data.y, self.k, data.num_classes) < 0)
 
 
 @register("detector", "knn_k")
@@ -129,6 +121,10 @@ class KNNK(Detector):
     def _scores(self, data: Dataset, run: TrainRun, *, test=None, generator=None) -> np.ndarray:
         """1 - confidence: high when the neighbours disagree with the row's label."""
         return (1.0 - self.confidence(penultimate(run, data), data.y, data.num_classes)).numpy()
+
+    def reference_mask(self, data, *, run, features, is_poisoned, test, generator, keep_fraction=0.5):
+        """The ``per_class`` most confident rows of each class (``run``'s features unless ``features``)."""
+        return self.select(data, features_for(self, data, run, features), generator)
 
     def select(self, data: Dataset, features: torch.Tensor, generator=None) -> torch.Tensor:
         """Boolean reference mask: the ``per_class`` most confident rows of each class under ``features``."""

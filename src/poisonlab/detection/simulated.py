@@ -72,6 +72,14 @@ class SimulatedDetector(Detector):
 
     needs_run: ClassVar[bool] = False
 
+    def reference_mask(self, data, *, run, features, is_poisoned, test, generator, keep_fraction=0.5):
+        """The rows its precision and recall call for, drawn from the true poison mask (an oracle)."""
+        if is_poisoned is None:
+            raise ConfigError("simulated: an evaluation-only oracle; pass is_poisoned (the true poison mask)")
+        if len(is_poisoned) != len(data):
+            raise ConfigError(f"simulated: the poison mask has {len(is_poisoned)} rows, the data {len(data)}")
+        return self.select(is_poisoned, generator)
+
     def _scores(
         self,
         data: Dataset,

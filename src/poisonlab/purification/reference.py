@@ -1,12 +1,10 @@
 """Reference selection and the Ref / remove-and-retrain baseline (Mendata, Huang 2023, sec. 3.1, 5.2, 5.3).
 
-:func:`select_reference` turns a detector into a reference mask (True = trusted reference row):
-
-- ``simulated`` (evaluation-only oracle): the rows its precision and recall call for, from the true mask;
-- ``knn_k`` (k-NN(K), appendix B): the K most confident rows per class under a k-NN on the features;
-- ``knn`` (Deep k-NN, Peri 2020): the rows whose label wins the plurality vote of their neighbours
-  (score < 0; a tie counts as a disagreement);
-- any other detector: the ``keep_fraction`` least suspicious rows of each class.
+:func:`select_reference` turns a detector into a reference mask (True = trusted reference row) through the
+detector's own ``reference_mask``: ``simulated`` (evaluation-only oracle) draws the rows its precision and
+recall call for from the true mask; ``knn_k`` (k-NN(K), appendix B) keeps the K most confident rows per class;
+``knn`` (Deep k-NN, Peri 2020) the rows whose label wins the plurality vote of their neighbours; any other
+detector the ``keep_fraction`` least suspicious rows of each class.
 
 **Ref** trains on the reference rows alone. With the reference set = the rows a detector passes, this is
 remove-and-retrain, registered under that name too.
@@ -16,14 +14,11 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import numpy as np
 import torch
 
 from poisonlab.checks import check_dataset, check_generator
 from poisonlab.data import Dataset
 from poisonlab.detection.base import Detector
-from poisonlab.detection.knn import KNNK, DeepKNN, per_class_top
-from poisonlab.detection.simulated import SimulatedDetector
 from poisonlab.errors import ConfigError
 from poisonlab.purification.base import Purification, Purifier, check_reference, feature_function
 from poisonlab.registry import register
@@ -69,33 +64,10 @@ def select_reference(
         got = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
         raise ConfigError(f"{where}: features must be a (rows, dims) tensor with {len(data)} rows, got {got}")
     generator = generator or torch.Generator().manual_seed(0)
-    if isinstance(detector, SimulatedDetector):
-        if is_poisoned is None:
-            raise ConfigError("simulated: an evaluation-only oracle; pass is_poisoned (the true poison mask)")
-        if len(is_poisoned) != len(data):
-            raise ConfigError(f"simulated: the poison mask has {len(is_poisoned)} rows, the data {len(data)}")
-        return detector.select(is_poisoned, generator)
-    if isinstance(detector, KNNK | DeepKNN) and features is None:
-        if run is None:
-            raise ConfigError(f"{detector.name}: pass run= or features= for the k-NN")
-        from poisonlab.detection.spectral import penultimate
-
-        features = penultimate(run, data)
-    if isinstance(detector, KNNK):
-        return detector.select(data, features, generator)
-    if isinstance(detector, DeepKNN):
-        from poisonlab.detection.knn import knn_scores
-
-        feats = features.double()
-        if detector.normalize:
-            feats = torch.nn.functional.normalize(feats, dim=1)
-        return torch.from_numpy(knn_scores(feats, data.y, detector.k, data.num_classes) < 0)
-    if not 0 < keep_fraction <= 1:
-        raise ConfigError(f"keep_fraction must be in (0, 1], got {keep_fraction}")
-    scores = np.asarray(detector.scores(data, run, test=test, generator=generator), dtype=np.float64)
-    counts = torch.bincount(data.y, minlength=data.num_classes).double()
-    keep = torch.ceil(keep_fraction * counts).long()
-    return per_class_top(torch.from_numpy(-scores), data.y, keep, generator)
+    return detector.reference_mask(
+        data, run=run, features=features, is_poisoned=is_poisoned, test=test, generator=generator,
+        keep_fraction=keep_fraction,
+    )  # fmt: skip
 
 
 def reference_quality(reference_mask: torch.Tensor, is_poisoned: torch.Tensor) -> dict[str, float]:
