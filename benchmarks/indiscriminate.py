@@ -226,8 +226,8 @@ def render(results: dict, args, seconds: float) -> str:
             f"{list(tc.milestones)}; GC {cfg['dtype']}, Adam lr 0.02 cosine-decayed, steps "
             f"{ {str(k): v for k, v in cfg['gc_steps'].items()} }; GradPC {cfg['gradpc']} (batch None: "
             f"full batch), step eps_w/4 cosine-decayed; TGDA {cfg['tgda']}, leader Adam 0.01, 2 follower "
-            f"SGD steps at the victim's lr per leader step, 1000 validation rows held out of the rows the "
-            "follower trains on."
+            f"SGD steps at the victim's lr per leader step, {cfg['tgda'].get('val_size', 1000)} "
+            "validation rows held out of the rows the follower trains on."
         )
     return "\n".join(lines) + "\n"
 
