@@ -206,8 +206,7 @@ def test_the_page_opens_with_a_headline_of_net_effects_flag_rates_and_oracles():
     headline = html[html.index("<section id='headline'>") : html.index("<section id='metrics'>")]
     assert html.index("id='headline'") < html.index("id='metrics'")  # first, before the full table
     text = re.sub(r"<[^>]+>", " ", headline)
-    assert "+90.0 ± 5.0" in text  # the net success with its standard error, beside 95.0 and 5.0
-    assert "95.0" in text and "5.0" in text
+    assert re.search(r"bd\s+95\.0\s+5\.0\s+\+90\.0 ± 5\.0", text)  # victim, twin, net with its SE
     assert "recall @1%" in text and "20.0" in text and "0.987" in text and "31.0" in text
     assert text.count("oracle") == 2  # the trigger-aware defense numbers
     assert "strip" in text and "3.0" in text and "mendata / bd" in text and "-1.0" in text
