@@ -222,3 +222,29 @@ def test_a_new_detector_with_its_own_reference_rule_plugs_in_from_its_own_module
         REGISTRY["detector"].pop("test_first_rows")
     assert metrics["purification.reference.size"] == 300
     assert metrics["purification.ref.rows"] == 300
+
+
+def test_each_method_draws_from_its_own_stream():
+    """Adding a detector before another, or an attack after another, leaves the other's draws unchanged;
+    the stream depends on the method's id, not its position."""
+    from poisonlab.experiment import ExperimentConfig, run_experiment
+    from poisonlab.trial import method_seed
+
+    def run(attacks, detectors):
+        config = ExperimentConfig.model_validate(
+            {"model": "logreg", "train": {"epochs": 2, "checkpoint_every": 2}, "attacks": attacks,
+             "detectors": detectors, "baseline": False}  # fmt: skip
+        )
+        return run_experiment(config)
+
+    flip = {"id": "flip", "name": "label_flip_random", "fraction": 0.05}
+    probe = {"id": "probe", "name": "tracin_test", "num_test": 3}  # draws its test points
+    alone = run([flip], [probe])
+    crowded = run([flip], [{"id": "first", "name": "tracin_test", "num_test": 3}, probe])
+    a, b = alone.first.scores["probe"], crowded.first.scores["probe"]
+    assert (a == b).all()
+    # the first attack's rows do not move when a second attack joins after it
+    later = run([flip, {"id": "more", "name": "label_flip_random", "fraction": 0.05}], [probe])
+    first = alone.first.poisoned.poison_idx
+    assert set(first.tolist()) <= set(later.first.poisoned.poison_idx.tolist())
+    assert method_seed(0, "detector", "a") != method_seed(0, "detector", "b") != method_seed(1, "detector", "b")

@@ -5,11 +5,13 @@ evaluate the attacks -> detect -> record examples -> defend -> purify. Each stag
 trial instead of a dozen arguments. Methods are built once per trial from the validated config, and each
 contributes its own report records and figures through two hooks (``Attack.report_record`` and
 ``Method.figures``), so no stage names a method family. One ``seed`` fixes every random choice: trial ``t``
-uses ``seed + t``.
+uses ``seed + t`` for its models and data, and each method draws from its own stream derived from that seed,
+its role and its id (:func:`method_seed`), so adding or reordering a method never shifts another's draws.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +32,13 @@ from poisonlab.training import TrainRun, accuracy, train, train_head
 
 if TYPE_CHECKING:
     from poisonlab.experiment import ExperimentConfig
+
+
+def method_seed(seed: int, role: str, ident: str) -> int:
+    """The seed of one method's random stream in a trial: a hash of (trial seed, role, id) below 2^63."""
+    digest = hashlib.sha256(f"{seed}/{role}/{ident}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
 
 NET_KEYS = ("success", "success_rate")  # attack metrics also reported net of the clean twin
 PER_ATTACK_DETECTION = ("auroc", "recall", "recall_at_1pct", "recall_at_5pct", "recall_at_budget")
@@ -102,9 +111,12 @@ class Trial:
 
     def __post_init__(self):
         self.seed = self.config.seed + self.index
-        self.generator = torch.Generator().manual_seed(self.seed)
         if self.methods is None:
             self.methods = Methods.build(self.config)
+
+    def stream(self, role: str, ident: str) -> torch.Generator:
+        """A fresh generator on the method's own stream (:func:`method_seed`)."""
+        return torch.Generator().manual_seed(method_seed(self.seed, role, ident))
 
     @contextmanager
     def timed(self, key: str) -> Iterator[None]:
@@ -185,8 +197,10 @@ def craft(t: Trial) -> None:
         train_set = t.train_set
         empty = torch.zeros(0, dtype=torch.int64)
         poisoned = PoisonedDataset(train_set, empty, train_set.subset([]), (), empty.clone())
-        for _, attack in t.methods.attacks:
-            crafted = attack.craft(poisoned.data, generator=t.generator, victim=t.extractor, test=t.test_set)
+        for ident, attack in t.methods.attacks:
+            crafted = attack.craft(
+                poisoned.data, generator=t.stream("attack", ident), victim=t.extractor, test=t.test_set
+            )
             poisoned = poisoned.then(crafted)
     t.poisoned, t.goal_ids = poisoned, [ident for ident, _ in t.methods.attacks]
     t.eval_set = without_targets(t.test_set, poisoned.goals)
@@ -246,7 +260,9 @@ def detect(t: Trial) -> None:
     is_poison = poisoned.is_poisoned.numpy()
     for ident, detector in t.methods.detectors:
         with t.timed(f"detect.{ident}"):
-            scores = detector.scores(poisoned.data, t.run, test=t.test_set, generator=t.generator)
+            scores = detector.scores(
+                poisoned.data, t.run, test=t.test_set, generator=t.stream("detector", ident)
+            )
         scores = np.asarray(scores, dtype=np.float64)
         k = t.config.threshold_k
         thr = mad_threshold(scores, k) if t.config.threshold == "mad" else float(t.config.threshold)
@@ -288,7 +304,7 @@ def defend(t: Trial) -> None:
     for ident, detector in methods.input_detectors:
         with t.timed(f"input_detect.{ident}"):
             values, entropies = detector.evaluate(
-                t.victim.model, defender, trig_held, torch.Generator().manual_seed(t.seed)
+                t.victim.model, defender, trig_held, t.stream("input_detector", ident)
             )
         for key, value in values.items():
             m[f"{ident}.{key}"] = value
@@ -297,7 +313,8 @@ def defend(t: Trial) -> None:
         with t.timed(f"defense.{ident}"):
             target = attack.target if attack is not None else None
             trig_def = attack.triggered(defender, goal).x if attack is not None else None
-            repair = defense.repair(t.victim.model, defender, triggered=trig_def, target=target, seed=t.seed)
+            seed = method_seed(t.seed, "defense", ident)
+            repair = defense.repair(t.victim.model, defender, triggered=trig_def, target=target, seed=seed)
         prefix = f"defense.{ident}"
         for when, model in (("_before", t.victim.model), ("", repair.model)):
             m[f"{prefix}.clean_accuracy{when}"] = accuracy(model, held)
@@ -335,7 +352,7 @@ def purify(t: Trial) -> None:
     with t.timed("purify.reference"):
         ref = select_reference(
             t.methods.reference, poisoned.data, run=t.run, is_poisoned=poisoned.is_poisoned,
-            test=t.test_set, generator=t.generator,
+            test=t.test_set, generator=t.stream("reference", "reference"),
         )  # fmt: skip
     for key, value in reference_quality(ref, poisoned.is_poisoned).items():
         m[f"purification.reference.{key}"] = value
@@ -347,8 +364,9 @@ def purify(t: Trial) -> None:
         with t.timed(f"purify.{ident}"):
             extractor = t.victim.model if purifier.accepts_victim_extractor() else None
             out = purifier.purify(
-                poisoned.data, ref, generator=t.generator, model=t.victim.model, extractor=extractor
-            )
+                poisoned.data, ref, generator=t.stream("purifier", ident), model=t.victim.model,
+                extractor=extractor,
+            )  # fmt: skip
         with t.timed(f"purify.{ident}.retrain"):
             model = t.fit(out.data, f"purified: {ident}").model
         m[f"purification.{ident}.clean_accuracy"] = accuracy(model, t.eval_set)
