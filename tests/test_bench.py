@@ -251,6 +251,64 @@ def test_tables_lay_out_placeholders_axes_and_pooled_axes():
     assert csv_lines[0] == "detector,0.1 mean,0.1 se,0.1 n,0.2 mean,0.2 se,0.2 n"
 
 
+def test_paper_numbers_sit_beside_ours_and_unmatched_ones_are_named():
+    cells = [StoredCell(f"c{i}", i, {"frac": f}, 2, {}) for i, f in enumerate(["0.1", "0.2"])]
+    trials = [
+        {"cell_id": c.cell_id, "trial": t, "status": "ok",
+         "metrics": {"detection.knn.auroc": 0.5 + 0.1 * i + 0.02 * t, "victim.clean_accuracy": 0.9}}
+        for i, c in enumerate(cells) for t in range(2)
+    ]  # fmt: skip
+    spec = {
+        "axes": {"frac": {}},
+        "tables": [
+            {"metric": "detection.{detector}.auroc", "rows": "detector", "columns": "frac", "digits": 2,
+             "paper": {"knn": {"0.2": 0.93}, "strip": {"0.1": 0.5}}},
+            {"metric": "victim.clean_accuracy", "rows": "frac", "scale": 100, "digits": 0,
+             "paper": {"0.1": 99, "0.2": "99 (ResNet)"}},
+        ],
+    }  # fmt: skip
+    auroc, acc = build_tables(StoredMatrix("m", spec, None, "now", cells, trials))
+    md = auroc.markdown().splitlines()
+    assert md[0] == "| detector | 0.1 | 0.2 | 0.2: paper |"
+    assert md[2] == "| knn | 0.51 ± 0.01 | 0.61 ± 0.01 | 0.93 |"
+    assert md[-1] == "Paper values with no row or column here: strip."
+    assert auroc.csv_text().splitlines()[0].endswith("0.2 n,0.2: paper")
+    rows = acc.markdown().splitlines()
+    assert rows[0] == "| frac | ours | paper |"
+    assert rows[2:4] == ["| 0.1 | 90 ± 0 | 99 |", "| 0.2 | 90 ± 0 | 99 (ResNet) |"]
+
+
+def test_bench_writes_the_result_file_with_the_paper_and_the_command(tmp_path, capsys):
+    raw = tiny_matrix(
+        trials=1,
+        title="Tiny reproduction",
+        notes="Our setting: digits.",
+        reference={"source": "Nobody 2020, Table 9", "setting": "a bigger model"},
+        axes={"fraction": {"key": "attacks[0].fraction", "values": [0.05, 0.2]}},
+        tables=[{"metric": "detection.{detector}.auroc", "rows": "detector", "columns": "fraction",
+                 "paper": {"knn": {"0.2": 0.9}}}],  # fmt: skip
+    )
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    result = tmp_path / "results" / "tiny.md"
+    db = tmp_path / "run" / "results.db"
+    args = [str(path), "--db", str(db), "--executor", "inline", "--quiet", "--result", str(result)]
+    assert main(["bench", *args]) == 0
+    text = result.read_text()
+    assert text.startswith("# Tiny reproduction\n")
+    assert f"`poisonlab bench {path} --trials 1 --result {result}`" in text
+    assert "Paper: Nobody 2020, Table 9." in text and "a bigger model" in text and "Our setting: digits." in text
+    assert "| detector | 0.05 | 0.2 | 0.2: paper |" in text and "torch_threads" not in text
+    assert "Machine: " in text and " thread(s) per trial" in text
+    again = tmp_path / "again.md"
+    assert main(["report", str(db), "--quiet", "--result", str(again)]) == 0
+    assert again.read_text().replace(str(again), "X") == text.replace(str(result), "X")
+    # refused before any work: a folder as the result file, or with --no-report
+    for bad in (["--result", str(tmp_path)], ["--result", str(result), "--no-report"]):
+        assert main(["bench", str(path), "--db", str(tmp_path / "x.db"), "--executor", "inline", *bad]) == 2
+        assert "--result" in capsys.readouterr().err and not (tmp_path / "x.db").exists()
+
+
 def test_report_and_executor_errors_are_one_line(tmp_path, capsys, monkeypatch):
     junk = tmp_path / "junk.db"
     junk.write_text("not a database")

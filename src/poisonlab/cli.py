@@ -130,6 +130,8 @@ def cmd_bench(args) -> int:
     check_database(db)
     if not args.no_report:
         check_output_dir(out, "--out", files=OUTPUT_FILES, folders=OUTPUT_FOLDERS)
+    if args.result:
+        _check_result_file(args.result, args.no_report)
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         summary = run_bench(
@@ -155,10 +157,13 @@ def cmd_bench(args) -> int:
         signal.signal(signal.SIGTERM, previous)
     if not args.no_report:
         warnings: list[str] = []
-        paths = write_outputs(db, out, matrix.name, warnings=warnings)
+        result = _result_target(args.result, db, matrix.name, args.data_root)
+        paths = write_outputs(db, out, matrix.name, warnings=warnings, result=result)
         for warning in warnings:
             print(f"poisonlab: warning: {warning}", file=sys.stderr)
         print(f"poisonlab: wrote {paths[0]} and {paths[1]}", file=sys.stderr)
+        if args.result:
+            print(f"poisonlab: wrote {args.result}", file=sys.stderr)
     print(
         f"poisonlab: {summary.ran} trial(s) run in {summary.elapsed:.1f}s, {summary.failed} failed; "
         f"{summary.stored + summary.ran - summary.failed}/{summary.total} stored in {db}",
@@ -167,11 +172,38 @@ def cmd_bench(args) -> int:
     return 1 if summary.failed else 0
 
 
+def _check_result_file(path: str, no_report: bool = False) -> None:
+    """--result names a file that can be written (checked before any work)."""
+    if no_report:
+        raise PoisonlabError("--result is written with the report; drop --no-report")
+    if Path(path).is_dir():
+        raise PoisonlabError(f"--result {path}: is a folder; give a file name such as results/NAME.md")
+    check_output_dir(Path(path).parent, "--result")
+
+
+def _result_target(result: str | None, db, matrix: str | None, data_root: str | None):
+    """(path, regenerating command) for write_outputs, or None without --result."""
+    if not result:
+        return None
+    from poisonlab.bench.output import regenerate_command
+    from poisonlab.bench.store import ResultStore
+
+    with ResultStore(db, create=False) as store:
+        names = [matrix] if matrix else store.matrices()
+        if len(names) != 1:
+            raise PoisonlabError(f"--result: {db} holds {len(names)} matrices; choose one with --matrix")
+        data = store.load(names[0])
+    return result, regenerate_command(data, result, data_root)
+
+
 def cmd_report(args) -> int:
     from poisonlab.bench import write_outputs
 
     warnings: list[str] = []
-    paths = write_outputs(args.db, args.out, args.matrix, warnings=warnings)
+    if args.result:
+        _check_result_file(args.result)
+    result = _result_target(args.result, args.db, args.matrix, args.data_root)
+    paths = write_outputs(args.db, args.out, args.matrix, warnings=warnings, result=result)
     if not args.quiet:
         print(Path(paths[1]).read_text())
     for warning in warnings:
@@ -222,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--keep-failed", action="store_true", help="do not rerun trials stored as failed")
     bench.add_argument("--dry-run", action="store_true", help="validate and list the cells, run nothing")
     bench.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    bench.add_argument("--result", help="also write the result file (Markdown, ours beside the paper) here")
     bench.add_argument("--quiet", action="store_true", help="no progress output")
     bench.set_defaults(func=cmd_bench)
     rep = sub.add_parser("report", help="tables, CSVs and the HTML report of a results database")
@@ -229,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", help="output folder (default: the database's folder)")
     rep.add_argument("--matrix", help="only this matrix (default: every matrix in the database)")
     rep.add_argument("--quiet", action="store_true", help="do not print the Markdown tables")
+    rep.add_argument("--result", help="also write the matrix's result file (Markdown) here")
+    rep.add_argument("--data-root", help="the data folder named in the result file's command")
     rep.set_defaults(func=cmd_report)
     return parser
 

@@ -13,6 +13,10 @@ A matrix file (YAML)::
           mlp: {model: mlp, train.epochs: 10}
     tables:
       - {metric: "detection.{detector}.auroc", rows: detector, columns: fraction}
+    reference: {source: "Smith et al. 2020, Table 1", setting: "ResNet-18, 50 epochs"}  # optional
+
+A table may hold the paper's numbers in ``paper``: row label (its row labels joined by " / ") -> a value
+in the table's shown units, or -> {column label: value}; they are shown beside ours ("ours | paper").
 
 Every cell (one level of every axis) is validated as an :class:`ExperimentConfig` before anything runs.
 A cell's identity is a hash of its resolved config (without ``name`` and ``trials``), so a rerun finds
@@ -114,6 +118,10 @@ class TableSpec(BaseModel):
     scale: float = Field(1.0, description="multiply values (100 for percentages)")
     digits: int = Field(3, ge=0, le=10, description="decimals shown")
     plot: bool = True
+    paper: dict[str, float | str | dict[str, float | str]] = Field(
+        default_factory=dict,
+        description="the paper's numbers: row label -> value, or row label -> {column label: value}",
+    )
 
     @field_validator("rows", "columns", "pool", mode="before")
     @classmethod
@@ -134,13 +142,25 @@ class TableSpec(BaseModel):
         return re.compile("^" + "".join(out) + "$")
 
 
+class ReferenceSpec(BaseModel):
+    """The paper a matrix reproduces: where its numbers come from and the setting they were measured in."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: str = Field(min_length=1, description="the paper and its table, e.g. 'Smith 2020, Table 1'")
+    setting: str = Field("", description="the paper's setting in words, where it differs from ours")
+
+
 class MatrixSpec(BaseModel):
     """A whole matrix file."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    title: str = Field("", description="heading of the result file (default: the description)")
     description: str = ""
+    notes: str = Field("", description="Markdown for the result file: our settings, differences, caveats")
+    reference: ReferenceSpec | None = None
     base: dict[str, Any] | str = Field(default_factory=dict, description="experiment config or its path")
     trials: int | None = Field(None, ge=1, description="trials per cell (default: the base's)")
     axes: dict[str, AxisSpec] = Field(default_factory=dict)

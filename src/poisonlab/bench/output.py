@@ -19,7 +19,7 @@ import yaml
 from matplotlib.figure import Figure
 
 from poisonlab.bench.store import ResultStore, StoredMatrix
-from poisonlab.bench.tables import NO_DATA, ORACLE_NOTE, Table, build_tables
+from poisonlab.bench.tables import NO_DATA, Table, build_tables
 from poisonlab.report import figure_to_png
 from poisonlab.results import check_output_dir, write_atomic
 
@@ -32,7 +32,7 @@ table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:.9em}th,td{border:1
 padding:.3em .6em;text-align:right}th{background:#f2f4f7}td.lab,th.lab{text-align:left}
 .bad{color:#c62828}pre{background:#f6f8fa;border:1px solid #e1e4e8;padding:.8em 1em;overflow:auto;
 font-size:.85em}.tag{display:inline-block;padding:.1em .5em;border-radius:.3em;background:#eef1f6}
-img{max-width:100%}nav a{margin-right:1em}
+img{max-width:100%}nav a{margin-right:1em}.paper{background:#fbf7ea;color:#5a4a1a}
 """
 
 
@@ -83,14 +83,16 @@ def _html_table(table: Table) -> str:
     if not table.rows:
         return f"<p class='meta'>{_e(NO_DATA)}</p>"
     full = table.full_n()
+    columns = table.columns()
     head = "".join(f"<th class='lab'>{_e(h)}</th>" for h in table.row_header())
-    head += "".join(f"<th>{_e(table.col_label(c))}</th>" for c in table.cols)
+    head += "".join(f"<th{' class=paper' if p else ''}>{_e(h)}</th>" for h, _, p in columns)
     body = []
     for row in table.rows:
         tds = "".join(f"<td class='lab'>{_e(v)}</td>" for v in table.row_label(row))
-        tds += "".join(f"<td>{_e(table.text(row, c, full))}</td>" for c in table.cols)
+        for _, c, p in columns:
+            tds += f"<td{' class=paper' if p else ''}>{_e(table.cell_text(row, c, p, full))}</td>"
         body.append(f"<tr>{tds}</tr>")
-    note = f"<p class='meta'>{_e(ORACLE_NOTE)}</p>" if table.has_oracle() else ""
+    note = "".join(f"<p class='meta'>{_e(n)}</p>" for n in table.notes())
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{note}"
 
 
@@ -226,10 +228,93 @@ def _num(value) -> str:
     return "" if value is None else repr(value)
 
 
+def _provenance(data: StoredMatrix) -> str:
+    """Date range, machine, versions, threads, device and commits of a matrix's stored ok trials."""
+    ok = [r for r in data.trials if r["status"] == "ok"]
+    envs = [r["versions"] for r in ok if r.get("versions")]
+    days = sorted({str(r["finished"])[:10] for r in ok if r.get("finished")})
+    when = days[0] if len(days) == 1 else f"{days[0]} to {days[-1]}" if days else "no trial stored yet"
+
+    def distinct(key: str) -> str:
+        return ", ".join(dict.fromkeys(str(e.get(key)) for e in envs if e.get(key) is not None)) or "unknown"
+
+    if not envs:
+        return f"Date: {when}."
+    return (
+        f"Date: {when}. Machine: {distinct('machine')}, {distinct('cpus')} cores, {distinct('device')}, "
+        f"Python {distinct('python')}, torch {distinct('torch')} with {distinct('torch_threads')} thread(s) "
+        f"per trial, numpy {distinct('numpy')}, poisonlab {distinct('poisonlab')} at commit(s) "
+        f"{distinct('git_commit')}."
+    )
+
+
+def regenerate_command(data: StoredMatrix, result: str | Path, data_root: str | None = None) -> str:
+    """The one command that reruns (or resumes) a matrix and rewrites its result file."""
+    parts = ["poisonlab bench", str(data.source or f"{data.name}.yaml")]
+    if data.spec.get("trials"):
+        parts.append(f"--trials {data.spec['trials']}")
+    uses_files = any((c.config.get("data") or {}).get("name", "digits") != "digits" for c in data.cells)
+    if uses_files:
+        parts.append(f"--data-root {data_root or '$POISONLAB_DATA'}")
+    parts.append(f"--result {result}")
+    return " ".join(parts)
+
+
+def write_result_file(data: StoredMatrix, path: str | Path, command: str) -> Path:
+    """One matrix as a benchmark result file: heading, provenance, the regenerating ``command``, the paper
+    and its setting, the matrix's notes, every table (ours beside the paper's numbers) and cell times."""
+    spec = data.spec
+    c = _counts(data)
+    lines = [f"# {spec.get('title') or spec.get('description') or data.name}", ""]
+    if spec.get("title") and spec.get("description"):
+        lines += [spec["description"], ""]
+    lines += [
+        _provenance(data),
+        "",
+        f"Regenerate (resumes from the stored trials): `{command}`.",
+        "",
+        f"{c['cells']} cells, {c['trials']} trials: {c['ok']} stored, {c['failed']} failed, {c['pending']} "
+        "pending. Cells: mean ± standard error over trials (binomial for 0/1 metrics); trial t of every "
+        "cell is seeded by seed + t; (n=k) marks a cell with fewer trials.",
+        "",
+    ]
+    reference = spec.get("reference") or {}
+    if reference:
+        lines += [f"Paper: {reference['source']}."]
+        if reference.get("setting"):
+            lines += ["", f"The paper's setting: {reference['setting']}"]
+        lines += [""]
+    if spec.get("notes"):
+        lines += [spec["notes"].strip(), ""]
+    notes = _notes(data)
+    if notes:
+        lines += ["**Attention:**", "", *(f"- {n}" for n in notes), ""]
+    for table in build_tables(data):
+        lines += [f"## {table.title}", "", f"`{table.metric}` ({table.layout()})", "", table.markdown(), ""]
+    by_cell: dict[str, list[float]] = {}
+    for r in data.trials:
+        if r["status"] == "ok" and r.get("duration") is not None:
+            by_cell.setdefault(r["cell_id"], []).append(float(r["duration"]))
+    lines += ["## Time per trial (one thread)", "", "| cell | trials | mean time (s) |", "|---|---|---|"]
+    for cell in data.cells:
+        times = by_cell.get(cell.cell_id, [])
+        mean = f"{np.mean(times):.0f}" if times else "–"
+        lines.append(f"| {cell.label} | {len(times)} / {cell.trials} | {mean} |")
+    path = Path(path)
+    write_atomic(path, "\n".join(lines) + "\n")
+    return path
+
+
 def write_outputs(
-    db: str | Path, out: str | Path | None = None, matrix: str | None = None, *, warnings: list | None = None
+    db: str | Path,
+    out: str | Path | None = None,
+    matrix: str | None = None,
+    *,
+    warnings: list | None = None,
+    result: tuple[str | Path, str] | None = None,
 ) -> list[Path]:
-    """Write report.html, tables.md, tables/*.csv and trials/*.csv for the matrices stored in ``db``.
+    """Write report.html, tables.md, tables/*.csv and trials/*.csv for the matrices stored in ``db`` and,
+    with ``result`` = (path, command), the one ``matrix``'s result file (:func:`write_result_file`).
 
     Failed cells, trials orphaned by an edited matrix and unreadable rows are listed in tables.md and the
     page, and appended to ``warnings`` (one line each) when it is given.
@@ -284,4 +369,6 @@ def write_outputs(
     )
     write_atomic(out / "tables.md", "\n".join(md))
     write_atomic(out / "report.html", page)
+    if result is not None:
+        written.append(write_result_file(snapshots[0], *result))
     return [out / "report.html", out / "tables.md", *written]

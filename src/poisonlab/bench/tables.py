@@ -5,6 +5,8 @@ matrix's axes are its dimensions. Axes that a table neither lays out nor pools a
 Metrics whose every trial is 0 or 1 (a success per trial) get the binomial standard error
 sqrt(p (1 - p) / n); the others std / sqrt(n). A cell whose metric reads ground truth beyond scoring in its
 cell's config (``experiment.oracle_prefixes``, ``metrics.is_oracle_metric``) is marked with a dagger.
+A table's ``paper`` numbers are shown beside ours: one "paper" column when each row has one value, else a
+"<column>: paper" column after each column the paper reports.
 """
 
 from __future__ import annotations
@@ -104,6 +106,7 @@ class Table:
     digits: int = 3
     plot: bool = True
     failed: list[dict[str, str]] = field(default_factory=list)  # axis labels of cells with only failures
+    paper: dict[str, Any] = field(default_factory=dict)  # row label -> value | {column label: value}
 
     def is_failed(self, row: tuple[str, ...], col: tuple[str, ...]) -> bool:
         """True when a cell of the matrix at (row, col) has only failed trials."""
@@ -139,6 +142,51 @@ class Table:
             text += f" (n={stat.n})"
         return text + (f" {ORACLE_MARK}" if stat.oracle else "")
 
+    def row_key(self, row: tuple[str, ...]) -> str:
+        """A row's name in ``paper``: its labels joined by ' / '."""
+        return " / ".join(self.row_label(row))
+
+    def columns(self) -> list[tuple[str, tuple[str, ...], bool]]:
+        """(header, column, is_paper) in display order: ours, and the paper's beside them."""
+        labels = [self.col_label(c) for c in self.cols]
+        if not self.paper:
+            return [(label, c, False) for label, c in zip(labels, self.cols)]
+        if not any(isinstance(v, dict) for v in self.paper.values()):  # one paper value per row
+            ours = [("ours" if label == "value" else label, c, False) for label, c in zip(labels, self.cols)]
+            return ours + [("paper", (), True)]
+        present = {self.row_key(r) for r in self.rows}
+        reported = {k for r, v in self.paper.items() if isinstance(v, dict) and r in present for k in v}
+        out = []
+        for label, c in zip(labels, self.cols):
+            out.append((label, c, False))
+            if label in reported:
+                out.append((f"{label}: paper", c, True))
+        return out
+
+    def paper_text(self, row: tuple[str, ...], col: tuple[str, ...]) -> str:
+        """The paper's number for (row, col) as written ('–' when it reports none)."""
+        entry = self.paper.get(self.row_key(row))
+        if isinstance(entry, dict):
+            entry = entry.get(self.col_label(col))
+        if entry is None:
+            return "–"
+        return f"{entry:g}" if isinstance(entry, int | float) else str(entry)
+
+    def cell_text(self, row: tuple[str, ...], col: tuple[str, ...], is_paper: bool, full_n: int) -> str:
+        return self.paper_text(row, col) if is_paper else self.text(row, col, full_n)
+
+    def unmatched_paper(self) -> list[str]:
+        """Paper entries that name no row or column of this table (a typo, or a setting not run yet)."""
+        rows = {self.row_key(r) for r in self.rows}
+        cols = {self.col_label(c) for c in self.cols}
+        out = []
+        for key, entry in self.paper.items():
+            if key not in rows:
+                out.append(key)
+            elif isinstance(entry, dict):
+                out += [f"{key} / {c}" for c in entry if c not in cols]
+        return out
+
     def has_oracle(self) -> bool:
         return any(s.oracle for s in self.cells.values())
 
@@ -153,30 +201,41 @@ class Table:
     def markdown(self) -> str:
         if not self.rows:
             return NO_DATA
-        head = self.row_header() + [self.col_label(c) for c in self.cols]
+        columns = self.columns()
+        head = self.row_header() + [h for h, _, _ in columns]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         full = self.full_n()
         for row in self.rows:
-            vals = [self.text(row, c, full) for c in self.cols]
+            vals = [self.cell_text(row, c, is_paper, full) for _, c, is_paper in columns]
             lines.append("| " + " | ".join(self.row_label(row) + vals) + " |")
-        if self.has_oracle():
-            lines += ["", ORACLE_NOTE]
+        lines += ["", *self.notes()] if self.notes() else []
         return "\n".join(lines)
+
+    def notes(self) -> list[str]:
+        """The lines under the table: the oracle mark and paper values that found no row."""
+        out = [ORACLE_NOTE] if self.has_oracle() else []
+        missing = self.unmatched_paper()
+        if missing:
+            out.append("Paper values with no row or column here: " + "; ".join(missing) + ".")
+        return out
 
     def csv_text(self) -> str:
         """Wide CSV: the row dimensions, then mean, se and n for each column."""
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         head = self.row_header()
-        for c in self.cols:
-            label = self.col_label(c)
-            head += [f"{label} mean", f"{label} se", f"{label} n"]
+        columns = self.columns()
+        for label, _, is_paper in columns:
+            head += [label] if is_paper else [f"{label} mean", f"{label} se", f"{label} n"]
         writer.writerow(head)
         for row in self.rows:
             out: list[Any] = self.row_label(row)
-            for c in self.cols:
+            for _, c, is_paper in columns:
                 s = self.cells.get((row, c))
-                if s is None or s.n == 0:
+                if is_paper:
+                    text = self.paper_text(row, c)
+                    out.append("" if text == "–" else text)
+                elif s is None or s.n == 0:
                     out += ["", "", 0]
                 else:
                     se = s.se * self.scale if math.isfinite(s.se) else ""
@@ -260,6 +319,7 @@ def build_table(
         digits=spec.digits,
         plot=spec.plot,
         failed=failed,
+        paper=dict(spec.paper),
     )
     for key, vals in values.items():
         table.cells[key] = summarize(vals)
