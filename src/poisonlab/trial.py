@@ -322,6 +322,7 @@ def defend(t: Trial) -> None:
                 m[f"{prefix}.attack_success{when}"] = attack.evaluate(model, held, goal).get(
                     "success_rate", float("nan")
                 )
+        m[f"{prefix}.accuracy_drop"] = m[f"{prefix}.clean_accuracy_before"] - m[f"{prefix}.clean_accuracy"]
         if attack is not None and t.twin is not None:
             on_twin = attack.evaluate(t.twin.model, held, goal).get("success_rate", float("nan"))
             m[f"{prefix}.twin_attack_success"] = on_twin

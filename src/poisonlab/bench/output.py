@@ -291,15 +291,27 @@ def write_result_file(data: StoredMatrix, path: str | Path, command: str) -> Pat
         lines += ["**Attention:**", "", *(f"- {n}" for n in notes), ""]
     for table in build_tables(data):
         lines += [f"## {table.title}", "", f"`{table.metric}` ({table.layout()})", "", table.markdown(), ""]
-    by_cell: dict[str, list[float]] = {}
+    by_cell: dict[str, list[dict]] = {}
     for r in data.trials:
         if r["status"] == "ok" and r.get("duration") is not None:
-            by_cell.setdefault(r["cell_id"], []).append(float(r["duration"]))
-    lines += ["## Time per trial (one thread)", "", "| cell | trials | mean time (s) |", "|---|---|---|"]
+            by_cell.setdefault(r["cell_id"], []).append(r)
+    lines += [
+        "## Time per trial",
+        "",
+        "| cell | trials | mean time (s) | largest stages (mean s) |",
+        "|---|---|---|---|",
+    ]
     for cell in data.cells:
-        times = by_cell.get(cell.cell_id, [])
-        mean = f"{np.mean(times):.0f}" if times else "–"
-        lines.append(f"| {cell.label} | {len(times)} / {cell.trials} | {mean} |")
+        recs = by_cell.get(cell.cell_id, [])
+        mean = f"{np.mean([r['duration'] for r in recs]):.0f}" if recs else "–"
+        stages: dict[str, list[float]] = {}
+        for r in recs:
+            for key, value in (r.get("timings") or {}).items():
+                if key != "total" and isinstance(value, int | float):
+                    stages.setdefault(key, []).append(float(value))
+        top = sorted(((np.mean(v), k) for k, v in stages.items()), reverse=True)[:4]
+        largest = ", ".join(f"{k} {v:.0f}" for v, k in top) or "–"
+        lines.append(f"| {cell.label} | {len(recs)} / {cell.trials} | {mean} | {largest} |")
     path = Path(path)
     write_atomic(path, "\n".join(lines) + "\n")
     return path
