@@ -26,6 +26,15 @@ def provenance(command: str) -> str:
     )
 
 
+def write_result(path: str | Path, lines: list[str]) -> None:
+    """Write a result file whole (poisonlab's atomic writer) and print it."""
+    from poisonlab.results import write_atomic
+
+    text = "\n".join(lines) + "\n"
+    print(text)
+    write_atomic(path, text)
+
+
 def add_data_root(parser: argparse.ArgumentParser) -> None:
     """``--data-root``: $POISONLAB_DATA, else the shared data folder beside the checkout."""
     parser.add_argument(

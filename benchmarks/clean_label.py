@@ -55,7 +55,10 @@ ATTACKS = {
     "feature_collision": {"name": "feature_collision", "steps": 300},  # default: eps 16/255, paper's beta
     # the paper's unbounded variant (labelled; beta without the 255^2 so the poisons can move)
     "feature_collision_unbounded": {
-        "name": "feature_collision", "steps": 300, "eps": "unbounded", "beta_scale": "unit"
+        "name": "feature_collision",
+        "steps": 300,
+        "eps": "unbounded",
+        "beta_scale": "unit",
     },
     "gradient_matching": {"name": "gradient_matching", "eps": 16 / 255, "steps": 120, "restarts": 2},
     "first_order": {"name": "first_order", "steps": 100},

@@ -202,14 +202,13 @@ class Table:
         if not self.rows:
             return NO_DATA
         columns = self.columns()
-        head = self.row_header() + [h for h, _, _ in columns]
-        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         full = self.full_n()
-        for row in self.rows:
-            vals = [self.cell_text(row, c, is_paper, full) for _, c, is_paper in columns]
-            lines.append("| " + " | ".join(self.row_label(row) + vals) + " |")
-        lines += ["", *self.notes()] if self.notes() else []
-        return "\n".join(lines)
+        rows = [
+            self.row_label(row) + [self.cell_text(row, c, is_paper, full) for _, c, is_paper in columns]
+            for row in self.rows
+        ]
+        text = markdown_table(self.row_header() + [h for h, _, _ in columns], rows)
+        return "\n".join([text, "", *self.notes()]) if self.notes() else text
 
     def notes(self) -> list[str]:
         """The lines under the table: the oracle mark and paper values that found no row."""
@@ -251,6 +250,14 @@ class Table:
             return [float(c[0]) for c in self.cols]
         except ValueError:
             return None
+
+
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    """A Markdown table (every cell as str); the one writer of tables.md, result files and the peer
+    comparison scripts in benchmarks/."""
+    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
+    return "\n".join(lines)
 
 
 def _ordered(values) -> list:
