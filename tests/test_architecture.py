@@ -248,3 +248,18 @@ def test_each_method_draws_from_its_own_stream():
     first = alone.first.poisoned.poison_idx
     assert set(first.tolist()) <= set(later.first.poisoned.poison_idx.tolist())
     assert method_seed(0, "detector", "a") != method_seed(0, "detector", "b") != method_seed(1, "detector", "b")
+
+
+def test_an_attack_reports_what_its_crafting_measured():
+    """``goal_metrics`` names the goal's numbers that reach results as attack.<id>.<name>."""
+    from poisonlab.experiment import ExperimentConfig, run_experiment
+
+    config = ExperimentConfig.model_validate(
+        {"model": "cnn", "train": {"epochs": 1, "checkpoint_every": 1}, "baseline": False,
+         "attacks": [{"id": "fc", "name": "feature_collision", "count": 3, "steps": 5}]}  # fmt: skip
+    )
+    result = run_experiment(config)
+    metrics, goal = result.results["metrics"], result.first.poisoned.goals[0]
+    assert metrics["attack.fc.beta"] == goal.params["beta"] > 0
+    assert metrics["attack.fc.feature_distance"] == goal.params["feature_distance"]
+    assert metrics["attack.fc.objective_last"] == goal.params["objective"]["last"]

@@ -165,7 +165,7 @@ def test_shipped_matrices_are_valid():
         m = load_matrix(path)
         assert m.cells and all(c.config.trials >= 1 for c in m.cells)
     seed000 = load_matrix(ROOT / "configs" / "matrix_seed000_mnist.yaml")
-    assert {c.config.detect_with for c in seed000.cells} == {"oracle_clean", "victim"}
+    assert {c.config.detect_with for c in seed000.cells} == {"oracle_clean", "holdout", "victim"}
     assert seed000.cells[0].config.data.name == "mnist"  # the base file was read relative to the matrix
 
 

@@ -209,8 +209,10 @@ def craft(t: Trial) -> None:
         m["extractor.clean_accuracy"] = accuracy(t.extractor, t.eval_set)
     m["attack.poison_count"] = float(len(poisoned.poison_idx))
     m["attack.poison_fraction"] = len(poisoned.poison_idx) / len(train_set)
-    for gi, ident in enumerate(t.goal_ids):
+    for gi, (ident, attack) in enumerate(t.methods.attacks):
         m[f"attack.{ident}.poison_count"] = float(poisoned.mask_of(gi).sum())
+        for key, value in attack.craft_metrics(poisoned.goals[gi]).items():
+            m[f"attack.{ident}.{key}"] = value
         linf, l2 = poisoned.perturbation(gi)
         if len(linf):  # measured from the clean originals
             m[f"attack.{ident}.perturbation_linf"] = float(linf.max())

@@ -22,6 +22,7 @@ class Attack(Method):
 
     kind = "attack"
     triggers_inputs: ClassVar[bool] = False  # a backdoor: ``triggered(data, goal)`` stamps its trigger
+    goal_metrics: ClassVar[tuple[str, ...]] = ()  # numeric goal params reported as attack.<id>.<name>
 
     def craft(
         self,
@@ -58,6 +59,18 @@ class Attack(Method):
     def evaluate(self, model: nn.Module, test: Dataset, goal: AttackGoal) -> dict[str, float]:
         """Attack-specific success metrics of a trained ``model`` on ``test`` (empty by default)."""
         return {}
+
+    def craft_metrics(self, goal: AttackGoal) -> dict[str, float]:
+        """What crafting measured (the ``goal_metrics`` params of ``goal``; a dict of numbers gives
+        ``name.key``), reported as ``attack.<id>.<name>``."""
+        out: dict[str, float] = {}
+        for name in self.goal_metrics:
+            value = goal.params.get(name)
+            items = value.items() if isinstance(value, dict) else [(None, value)]
+            for key, v in items:
+                if isinstance(v, int | float) and not isinstance(v, bool):
+                    out[name if key is None else f"{name}_{key}"] = float(v)
+        return out
 
     def report_record(self, poisoned: PoisonedDataset, goal_index: int, test: Dataset) -> dict | None:
         """What the report shows of this attack's poisons (goal ``goal_index`` of ``poisoned``), rendered by

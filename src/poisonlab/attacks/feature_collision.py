@@ -26,7 +26,7 @@ where one poison can suffice; from scratch it needs many poisons and is much wea
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field, field_validator
@@ -39,6 +39,8 @@ from poisonlab.registry import register
 @register("attack", "feature_collision")
 class FeatureCollision(TargetedAttack):
     """Poison Frogs (Shafahi 2018): poisons whose penultimate features collide with the target's."""
+
+    goal_metrics: ClassVar[tuple[str, ...]] = ("beta", "feature_distance", "objective")
 
     steps: int = Field(500, ge=1, description="forward-backward splitting iterations")
     lr: float = Field(0.1, gt=0, description="initial forward step size (per poison, decayed on failure)")

@@ -15,7 +15,7 @@ carry no trigger: it is only stamped at test time.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +54,8 @@ def gradient_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_siz
 @register("attack", "sleeper_agent")
 class SleeperAgent(PatchTrigger, BackdoorAttack):
     """Sleeper Agent (Souri 2022): gradient matching toward patched source images, clean labels."""
+
+    goal_metrics: ClassVar[tuple[str, ...]] = ("matching_loss",)
 
     source: int | None = Field(
         1, ge=0, description="class whose triggered images should become `target`; None: every other class"

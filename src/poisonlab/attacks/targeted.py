@@ -390,6 +390,8 @@ class PerturbationAttack(TargetedAttack):
     """A targeted attack whose poisons are ``watermark(base) + color shift + delta`` found by
     :func:`craft_perturbations`; subclasses give only the objective."""
 
+    goal_metrics: ClassVar[tuple[str, ...]] = ("loss",)
+
     eps: float = Field(16 / 255, gt=0, le=1, description="L_inf bound of delta around the (watermarked) base")
     steps: int = Field(250, ge=1, description="signed-Adam steps per restart")
     lr: float = Field(0.1, gt=0, description="signed-Adam step, in units of eps")
