@@ -26,13 +26,30 @@ def provenance(command: str) -> str:
     )
 
 
-def write_result(path: str | Path, lines: list[str]) -> None:
-    """Write a result file whole (poisonlab's atomic writer) and print it."""
+def write_result(path: str | Path, lines: list[str], quiet: bool = False) -> None:
+    """Write a result file whole (poisonlab's atomic writer) and print it (``quiet``: write only, e.g. the
+    partial table a long run rewrites after each row)."""
     from poisonlab.results import write_atomic
 
     text = "\n".join(lines) + "\n"
-    print(text)
+    if not quiet:
+        print(text)
     write_atomic(path, text)
+
+
+def command_line(
+    script: str,
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    skip: tuple[str, ...] = ("data_root", "out"),
+) -> str:
+    """``python benchmarks/SCRIPT`` with the options whose value differs from the parser's default, for
+    :func:`provenance` (``skip``: options that say where, not what: the data folder, the output file)."""
+    return f"python benchmarks/{script}" + "".join(
+        f" --{k.replace('_', '-')} {v}"
+        for k, v in vars(args).items()
+        if k not in skip and parser.get_default(k) != v
+    )
 
 
 def add_data_root(parser: argparse.ArgumentParser) -> None:

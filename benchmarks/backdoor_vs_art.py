@@ -24,21 +24,20 @@ import logging
 import os
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # ART's STRIP.mitigate draws a progress bar per call
-import platform
 import sys
 import time
 import traceback
-from datetime import date
 from pathlib import Path
 
 import numpy as np
 import torch
-from _common import add_data_root, art_classifier
+from _common import add_data_root, art_classifier, command_line, provenance, write_result
 from sklearn.metrics import roc_auc_score
 from threadpoolctl import threadpool_limits
 from torch import nn
 
 from poisonlab.attacks import BadNets
+from poisonlab.bench.tables import markdown_table
 from poisonlab.data import load_mnist, stratified_subset
 from poisonlab.detection import ActivationClustering, SpectralSignature, Strip
 from poisonlab.detection.spectral import penultimate
@@ -47,6 +46,14 @@ from poisonlab.models import build_model
 from poisonlab.training import TrainConfig, accuracy, train
 
 HERE = Path(__file__).resolve().parent
+DETECTION_HEADER = [
+    "row (ART setting)", "ours P / R (MAD rule)", "ours P / R (score > 0)", "ours P / R (budget)",
+    "ours AUROC", "ours s", "ART P / R (flagged)", "ART AUROC", "ART s", "ours/ART",
+]  # fmt: skip
+STRIP_HEADER = [
+    "row", "ours FRR fit / FRR held / FAR", "ours AUROC", "ours s", "ART FRR fit / FRR held / FAR", "ART s",
+    "ours/ART",
+]  # fmt: skip
 
 
 def log(msg: str) -> None:
@@ -257,7 +264,7 @@ def main() -> None:
         if sc is None:
             continue
         auc = roc_auc_score(is_poison[in_t], sc)
-        diag_rows.append(f"| {label} | {fmt_auc(max(auc, 1 - auc) if 'signed' in label else auc)} |")
+        diag_rows.append([label, fmt_auc(max(auc, 1 - auc) if "signed" in label else auc)])
     feat_times = {}
     for label, fn in {
         "ours `penultimate`, batch 1024 (default)": lambda: penultimate(run, data),
@@ -274,7 +281,7 @@ def main() -> None:
 
     det_rows = []
     for name, ((ours_scores, art_flags), (ours_s, art_s)) in det_results.items():
-        cells = [f"| {name} "]
+        cells = [name]
         if ours_scores is not None:
             m = detection_metrics(ours_scores, is_poison, mad_threshold(ours_scores))
             top = np.zeros(len(data), bool)
@@ -284,22 +291,27 @@ def main() -> None:
             if name.startswith("activation"):  # its own rule: in the smaller cluster of a clean split
                 mo = flag_metrics(ours_scores > 0, is_poison)
                 own = f"{pct(mo['precision'])} / {pct(mo['recall'])} ({pct(mo['flagged'])})"
-            cells.append(
-                f"| {pct(m['precision'])} / {pct(m['recall'])} ({pct(m['flagged_fraction'])}) | {own} "
-                f"| {pct(mb['precision'])} / {pct(mb['recall'])} | {fmt_auc(m['auroc'])} | {ours_s:.2f} "
-            )
+            cells += [
+                f"{pct(m['precision'])} / {pct(m['recall'])} ({pct(m['flagged_fraction'])})",
+                own,
+                f"{pct(mb['precision'])} / {pct(mb['recall'])}",
+                fmt_auc(m["auroc"]),
+                f"{ours_s:.2f}",
+            ]
         else:
-            cells.append("| failed | failed | failed | n/a | n/a ")
+            cells += ["failed", "failed", "failed", "n/a", "n/a"]
         if art_flags is not None:
             ma = flag_metrics(art_flags, is_poison)
             auc = art_spec_auc if name.startswith("spectral") else None
-            cells.append(
-                f"| {pct(ma['precision'])} / {pct(ma['recall'])} ({pct(ma['flagged'])}) | "
-                f"{fmt_auc(auc)} | {art_s:.2f} | {ours_s / art_s:.2f} |"
-            )
+            cells += [
+                f"{pct(ma['precision'])} / {pct(ma['recall'])} ({pct(ma['flagged'])})",
+                fmt_auc(auc),
+                f"{art_s:.2f}",
+                f"{ours_s / art_s:.2f}",
+            ]
         else:
-            cells.append("| failed (see below) | n/a | n/a | n/a |")
-        det_rows.append("".join(cells))
+            cells += ["failed (see below)", "n/a", "n/a", "n/a"]
+        det_rows.append(cells)
 
     # STRIP: defender = half of the test set (clean), the other half measures FRR and FAR
     perm = torch.randperm(len(test_set), generator=torch.Generator().manual_seed(0))
@@ -348,26 +360,20 @@ def main() -> None:
     strip_rows = []
     for name, ((ours, arts), (ours_s, art_s)) in strip_results.items():
         o = (
-            f"{pct(ours['frr_fit'])} / {pct(ours['frr'])} / **{pct(ours['far'])}** | {fmt_auc(ours['auroc'])}"
+            [f"{pct(ours['frr_fit'])} / {pct(ours['frr'])} / **{pct(ours['far'])}**", fmt_auc(ours["auroc"])]
             if ours
-            else "failed | n/a"
+            else ["failed", "n/a"]
         )
         a = f"{pct(arts['frr_fit'])} / {pct(arts['frr'])} / **{pct(arts['far'])}**" if arts else "failed"
-        strip_rows.append(f"| {name} | {o} | {ours_s:.2f} | {a} | {art_s:.2f} | {ours_s / art_s:.2f} |")
+        strip_rows.append([name, *o, f"{ours_s:.2f}", a, f"{art_s:.2f}", f"{ours_s / art_s:.2f}"])
 
     total = time.perf_counter() - start
-    cmd = "python benchmarks/backdoor_vs_art.py" + "".join(
-        f" --{k.replace('_', '-')} {v}"
-        for k, v in vars(args).items()
-        if k not in ("data_root", "out") and parser.get_default(k) != v
-    )
     md = [
         "# Backdoor detection: poisonlab beside IBM's Adversarial Robustness Toolbox",
         "",
-        f"Date: {date.today().isoformat()}. Machine: {platform.machine()}, {os.cpu_count()} cores "
-        f"(shared with other jobs, timings are noisy), torch {torch.__version__}, ART {art.__version__}, "
-        f"1 torch thread, BLAS/OpenMP limited to 1 thread (threadpoolctl) during every timed call. "
-        f"Command: `{cmd}`. Total time {total:.0f}s.",
+        provenance(command_line("backdoor_vs_art.py", parser, args))
+        + f" ART {art.__version__}; BLAS/OpenMP limited to 1 thread (threadpoolctl) during every timed "
+        f"call; timings are noisy. Total time {total:.0f}s.",
         "",
         f"Settings: MNIST, {args.train} training / {args.test} test images (stratified, seed 0); BadNets 3x3 "
         f"checkerboard 1 px from the bottom-right corner, all-to-one to class 0, {n_poison} poisons "
@@ -392,10 +398,7 @@ def main() -> None:
         "squared projections; activation clustering: PCA to 10 dims, seeded 2-means, silhouette-weighted "
         "margin, seed 0).",
         "",
-        "| row (ART setting) | ours P / R (MAD rule) | ours P / R (score > 0) | ours P / R (budget) "
-        "| ours AUROC | ours s | ART P / R (flagged) | ART AUROC | ART s | ours/ART |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-        *det_rows,
+        markdown_table(DETECTION_HEADER, det_rows),
         "",
         "ART's layer: both ART detectors read `classifier.layer_names[-1]` (`nb_layers - 1`, no option to "
         "choose). `PyTorchClassifier` lists an `nn.Module`'s children in registration order, so on our "
@@ -416,18 +419,14 @@ def main() -> None:
         f"Diagnostics. Inside the target class ({int(in_t.sum())} rows, {pct(is_poison[in_t].mean())}% "
         "poisons), AUROC of the spectral scores:",
         "",
-        "| spectral score inside class 0 | AUROC |",
-        "|---|---|",
-        *diag_rows,
+        markdown_table(["spectral score inside class 0", "AUROC"], diag_rows),
         "",
         "With poisons about half of the class, centring puts the mean between the clean and the poison "
         "clusters, so the squared centred projection is large on both sides; the signed projection or "
         "ART's uncentred one separates them. Feature extraction of the "
         f"{len(data)} training rows (median of {args.repeats}, 1 thread):",
         "",
-        "| features | s |",
-        "|---|---|",
-        *[f"| {k} | {v:.2f} |" for k, v in feat_times.items()],
+        markdown_table(["features", "s"], [[k, f"{v:.2f}"] for k, v in feat_times.items()]),
         "",
         f"## STRIP ({args.strip_n} overlays, boundary for FRR 1%)",
         "",
@@ -446,10 +445,7 @@ def main() -> None:
         "ART cells of both rows are the same ART runs; the rows differ in our blend: Gao's clip(x + x_j) "
         "(our default), or 'average' = ART's 0.5 x + 0.5 x_j (timed once).",
         "",
-        "| row | ours FRR fit / FRR held / FAR | ours AUROC | ours s | ART FRR fit / FRR held / FAR | "
-        "ART s | ours/ART |",
-        "|---|---|---|---|---|---|---|",
-        *strip_rows,
+        markdown_table(STRIP_HEADER, strip_rows),
         "",
     ]
     add = strip_results["STRIP, ours blend='add' (Gao)"][0]
@@ -496,10 +492,7 @@ def main() -> None:
             f"truth value (numpy {np.__version__} here), so the call fails on this data.",
             "",
         ]
-    text = "\n".join(md) + "\n"
-    print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
+    write_result(args.out, md)
 
 
 if __name__ == "__main__":

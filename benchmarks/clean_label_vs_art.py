@@ -28,22 +28,21 @@ import logging
 import os
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # ART's attacks draw progress bars
-import platform
 import sys
 import time
 import traceback
 from contextlib import contextmanager
-from datetime import date
 from pathlib import Path
 
 import numpy as np
 import torch
-from _common import add_data_root, art_classifier
+from _common import add_data_root, art_classifier, command_line, provenance, write_result
 from threadpoolctl import threadpool_limits
 
 from poisonlab.attacks.feature_collision import FeatureCollision
 from poisonlab.attacks.gradient_matching import GradientMatching
 from poisonlab.attacks.targeted import watermark
+from poisonlab.bench.tables import markdown_table, summarize
 from poisonlab.data import Dataset, load_dataset, load_digits, stratified_subset, train_test_split
 from poisonlab.models import build_model
 from poisonlab.training import TrainConfig, accuracy, train, train_head
@@ -137,11 +136,6 @@ def record_error(errors: dict[str, str], key: str, err: Exception) -> None:
 def med(values) -> float:
     values = [v for v in values if v is not None and np.isfinite(v)]
     return float(np.median(values)) if values else float("nan")
-
-
-def mean(values) -> float:
-    values = [v for v in values if v is not None and np.isfinite(v)]
-    return float(np.mean(values)) if values else float("nan")
 
 
 def fmt(v, spec: str = ".3f") -> str:
@@ -378,12 +372,12 @@ def run_gradient_matching(args, errors: dict[str, str]) -> dict:
                     build_model("cnn", train_set.input_shape, 10, seed=vs), data, cfg, seed=vs
                 ).model
                 res.append((attack.evaluate(model, test_set, goal), accuracy(model, test_set)))
-            row[f"{side}_success"] = mean([r["success"] for r, _ in res])
-            row[f"{side}_prob"] = mean([r["adversarial_probability"] for r, _ in res])
-            row[f"{side}_acc"] = mean([a for _, a in res])
+            row[f"{side}_success"] = summarize([r["success"] for r, _ in res]).mean
+            row[f"{side}_prob"] = summarize([r["adversarial_probability"] for r, _ in res]).mean
+            row[f"{side}_acc"] = summarize([a for _, a in res]).mean
         clean = [attack.evaluate(clean_models[vs], test_set, goal) for vs in victim_seeds]
-        row["clean_success"] = mean([r["success"] for r in clean])
-        row["clean_prob"] = mean([r["adversarial_probability"] for r in clean])
+        row["clean_success"] = summarize([r["success"] for r in clean]).mean
+        row["clean_prob"] = summarize([r["adversarial_probability"] for r in clean]).mean
         rows.append(row)
         log(
             f"GM target {t} ({row['target'][0]} -> {row['target'][1]}): ours {row['ours_s']:.3f}s/poison "
@@ -396,21 +390,73 @@ def run_gradient_matching(args, errors: dict[str, str]) -> dict:
 
 
 # -- report ----------------------------------------------------------------------------------------------
-def summary_row(name: str, rows: list[dict], side: str, ours_med: float) -> str:
+SUMMARY_HEADER = [
+    "tool", "s / poison (median)", "ART / ours", "success", "mean adv. prob.", "geo-mean adv. prob.",
+    "victim acc %",
+]  # fmt: skip
+FC_TARGET_HEADER = [
+    "target", "true -> adv", "ours", "ART wm", "ART pre-blended", "clean p", "dist ours / ART wm / ART pre",
+    "L_inf raw: ours / wm / pre", "L_inf blended: ours / pre", "ART lr at end (wm / pre)",
+]  # fmt: skip
+GM_AVERAGED = ("ours_prob", "art_prob", "clean_prob", "ours_success", "art_success")  # over targets
+GM_TARGET_HEADER = [
+    "target", "true -> adv", "ours s / poison", "ART s / poison", "ours adv. prob.", "ART adv. prob.",
+    "clean adv. prob.", "ours / ART success", "L_inf ours / ART", "our best restart loss",
+]  # fmt: skip
+
+
+def summary_row(name: str, rows: list[dict], side: str, ours_med: float) -> list[str]:
     times = [r.get(f"{side}_s") for r in rows]
     done = [r for r in rows if f"{side}_success" in r]
     if not done:
-        return f"| {name} | failed (see Failures) | n/a | n/a | n/a | n/a | n/a |"
+        return [name, "failed (see Failures)", *["n/a"] * 5]
     t_med = med(times)
     succ = f"{sum(r[f'{side}_success'] for r in done):g}/{len(done)}"
     probs = [r[f"{side}_prob"] for r in done]
-    acc = mean([r.get(f"{side}_acc") for r in done])
+    acc = summarize([r.get(f"{side}_acc") for r in done]).mean
     geo = float(np.exp(np.mean(np.log(np.maximum(probs, 1e-30)))))
-    return (
-        f"| {name} | {fmt(t_med)} | {ratio(t_med, ours_med) if side != 'ours' else '1.0x'} | {succ} "
-        f"| {fmt(mean(probs), '.3g')} | {fmt(geo, '.3g')} "
-        f"| {fmt(100 * acc, '.1f') if np.isfinite(acc) else 'n/a'} |"
-    )
+    return [
+        name,
+        fmt(t_med),
+        ratio(t_med, ours_med) if side != "ours" else "1.0x",
+        succ,
+        fmt(summarize(probs).mean, ".3g"),
+        fmt(geo, ".3g"),
+        fmt(100 * acc, ".1f") if np.isfinite(acc) else "n/a",
+    ]
+
+
+def fc_target_row(i: int, r: dict) -> list[str]:
+    """Per target of feature collision: time, success and probability per tool, distances, ART's lr."""
+    cells = [str(i), f"{r['target'][0]} -> {r['target'][1]}"]
+    for side in ("ours", "art", "art_pre"):
+        if f"{side}_success" in r:
+            cells.append(f"{r[f'{side}_s']:.3f}, {r[f'{side}_success']:.0f}, {r[f'{side}_prob']:.3g}")
+        else:
+            cells.append("failed")
+    return cells + [
+        f"{r['clean_prob']:.3g}",
+        " / ".join(fmt(r.get(f"{s}_dist")) for s in ("ours", "art", "art_pre")),
+        " / ".join(fmt(r.get(f"{s}_linf_base"), ".2f") for s in ("ours", "art", "art_pre")),
+        " / ".join(fmt(r.get(f"{s}_linf_wm"), ".2f") for s in ("ours", "art_pre")),
+        " / ".join(fmt(r.get(f"{s}_lr_end"), ".3g") for s in ("art", "art_pre")),
+    ]
+
+
+def gm_target_row(i: int, r: dict) -> list[str]:
+    """Per target of gradient matching: times, probabilities, success, L_inf and our best restart loss."""
+    return [
+        str(i),
+        f"{r['target'][0]} -> {r['target'][1]}",
+        fmt(r.get("ours_s")),
+        fmt(r.get("art_s")),
+        fmt(r.get("ours_prob"), ".3g"),
+        fmt(r.get("art_prob"), ".3g"),
+        f"{r['clean_prob']:.3g}",
+        f"{fmt(r.get('ours_success'), '.2f')} / {fmt(r.get('art_success'), '.2f')}",
+        f"{fmt(r.get('ours_linf'), '.4f')} / {fmt(r.get('art_linf'), '.4f')}",
+        f"{r['ours_loss']:.4f}",
+    ]
 
 
 def main() -> None:
@@ -444,22 +490,12 @@ def main() -> None:
     gm = run_gradient_matching(args, errors) if "gm" not in skip else None
     total = time.perf_counter() - start
 
-    cmd = "python benchmarks/clean_label_vs_art.py" + "".join(
-        f" --{k.replace('_', '-')} {v}"
-        for k, v in vars(args).items()
-        if k not in ("data_root", "out") and parser.get_default(k) != v
-    )
-    header = (
-        "| tool | s / poison (median) | ART / ours | success | mean adv. prob. | geo-mean adv. prob. "
-        "| victim acc % |"
-    )
     md = [
         "# Targeted clean-label attacks: poisonlab beside IBM's Adversarial Robustness Toolbox",
         "",
-        f"Date: {date.today().isoformat()}. Machine: {platform.machine()}, {os.cpu_count()} cores "
-        f"(shared with other jobs, timings are noisy), torch {torch.__version__}, ART {art.__version__}, "
-        "1 torch thread, BLAS/OpenMP limited to 1 thread (threadpoolctl) during every timed call. "
-        f"Command: `{cmd}`. Total time {total:.0f}s.",
+        provenance(command_line("clean_label_vs_art.py", parser, args))
+        + f" ART {art.__version__}; BLAS/OpenMP limited to 1 thread (threadpoolctl) during every timed "
+        f"call; timings are noisy. Total time {total:.0f}s.",
         "",
         "Time per poison = crafting wall time / number of poisons, one crafting run per target and tool, the "
         "order of the tools alternated from target to target; the median over targets. ART's time includes "
@@ -488,39 +524,29 @@ def main() -> None:
             f"learning_rate={a.lr}, similarity_coeff={a.beta0})`; ART's layer names on our model: "
             f"{fc['layers']}; 'body' output equal to `model.features`: {fc['same_layer']}.",
             "",
-            header,
-            "|---|---|---|---|---|---|---|",
-            summary_row("ours `FeatureCollision`", rows, "ours", ours_med),
-            summary_row(f"ART, raw bases, `watermark={a.opacity}`", rows, "art", ours_med),
-            summary_row("ART, bases pre-blended as ours, `watermark=None`", rows, "art_pre", ours_med),
-            summary_row("clean training set (no poisons)", rows, "clean", ours_med),
+            markdown_table(
+                SUMMARY_HEADER,
+                [
+                    summary_row(name, rows, side, ours_med)
+                    for name, side in [
+                        ("ours `FeatureCollision`", "ours"),
+                        (f"ART, raw bases, `watermark={a.opacity}`", "art"),
+                        ("ART, bases pre-blended as ours, `watermark=None`", "art_pre"),
+                        ("clean training set (no poisons)", "clean"),
+                    ]
+                ],
+            ),
             "",
             "Per target: s / poison, success, adversarial probability per tool; mean relative feature "
             "distance ||f(p) - f(t)|| / ||f(t)|| of the poisons; max |poison - raw base|; max |poison - "
             "blended base|; ART's learning rate after the last poison. Ours is bounded by eps around the raw "
             "(clean) base.",
             "",
-            "| target | true -> adv | ours | ART wm | ART pre-blended | clean p "
-            "| dist ours / ART wm / ART pre | L_inf raw: ours / wm / pre | L_inf blended: ours / pre "
-            "| ART lr at end (wm / pre) |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            markdown_table(FC_TARGET_HEADER, [fc_target_row(i, r) for i, r in enumerate(rows)]),
+            "",
+            FC_MATCH.format(eps=a.eps, opacity=a.opacity, keep=1 - a.opacity),
+            "",
         ]
-        for i, r in enumerate(rows):
-            cells = []
-            for side in ("ours", "art", "art_pre"):
-                if f"{side}_success" in r:
-                    cells.append(f"{r[f'{side}_s']:.3f}, {r[f'{side}_success']:.0f}, {r[f'{side}_prob']:.3g}")
-                else:
-                    cells.append("failed")
-            dist = " / ".join(fmt(r.get(f"{s}_dist")) for s in ("ours", "art", "art_pre"))
-            linf = " / ".join(fmt(r.get(f"{s}_linf_base"), ".2f") for s in ("ours", "art", "art_pre"))
-            linf_wm = " / ".join(fmt(r.get(f"{s}_linf_wm"), ".2f") for s in ("ours", "art_pre"))
-            lrs = " / ".join(fmt(r.get(f"{s}_lr_end"), ".3g") for s in ("art", "art_pre"))
-            md.append(
-                f"| {i} | {r['target'][0]} -> {r['target'][1]} | {' | '.join(cells)} | {r['clean_prob']:.3g} "
-                f"| {dist} | {linf} | {linf_wm} | {lrs} |"
-            )
-        md += ["", FC_MATCH.format(eps=a.eps, opacity=a.opacity, keep=1 - a.opacity), ""]
     if gm is not None:
         a = gm["attack"]
         rows = gm["rows"]
@@ -545,11 +571,14 @@ def main() -> None:
             f"learning_rate_schedule={gm['schedule']}, batch_size={max(128, a.count)})`, called with "
             f"x_train / y_train = our {a.count} base rows only, y_trigger = our adversarial label.",
             "",
-            header,
-            "|---|---|---|---|---|---|---|",
-            summary_row("ours `GradientMatching`", rows, "ours", ours_med),
-            summary_row("ART `GradientMatchingAttack`", rows, "art", ours_med),
-            summary_row("clean training set (no poisons)", rows, "clean", ours_med),
+            markdown_table(
+                SUMMARY_HEADER,
+                [
+                    summary_row("ours `GradientMatching`", rows, "ours", ours_med),
+                    summary_row("ART `GradientMatchingAttack`", rows, "art", ours_med),
+                    summary_row("clean training set (no poisons)", rows, "clean", ours_med),
+                ],
+            ),
             "",
             "Diagnostic (one extra ART run per target right after the timed pair, not alternated): ART with "
             "every DataLoader forced to `num_workers=0` (`torch.utils.data.DataLoader` patched for the call; "
@@ -559,20 +588,11 @@ def main() -> None:
             "",
             "Per target (adversarial probability and success: mean over the victim seeds):",
             "",
-            "| target | true -> adv | ours s / poison | ART s / poison | ours adv. prob. | ART adv. prob. "
-            "| clean adv. prob. | ours / ART success | L_inf ours / ART | our best restart loss |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            markdown_table(GM_TARGET_HEADER, [gm_target_row(i, r) for i, r in enumerate(rows)]),
+            "",
+            GM_MATCH,
+            "",
         ]
-        for i, r in enumerate(rows):
-            md.append(
-                f"| {i} | {r['target'][0]} -> {r['target'][1]} | {fmt(r.get('ours_s'))} "
-                f"| {fmt(r.get('art_s'))} | {fmt(r.get('ours_prob'), '.3g')} "
-                f"| {fmt(r.get('art_prob'), '.3g')} "
-                f"| {r['clean_prob']:.3g} | {fmt(r.get('ours_success'), '.2f')} / "
-                f"{fmt(r.get('art_success'), '.2f')} | {fmt(r.get('ours_linf'), '.4f')} / "
-                f"{fmt(r.get('art_linf'), '.4f')} | {r['ours_loss']:.4f} |"
-            )
-        md += ["", GM_MATCH, ""]
     md += ["## Reading (computed)", ""]
     if fc is not None:
         rows = fc["rows"]
@@ -587,14 +607,13 @@ def main() -> None:
     if gm is not None:
         rows = gm["rows"]
         o = med([r.get("ours_s") for r in rows])
+        avg = {k: summarize([r.get(k) for r in rows]).mean for k in GM_AVERAGED}
         md.append(
             f"* Gradient matching: ART / ours time per poison "
             f"{ratio(med([r.get('art_s') for r in rows]), o)}; "
-            f"mean adversarial probability ours {fmt(mean([r.get('ours_prob') for r in rows]), '.3g')}, ART "
-            f"{fmt(mean([r.get('art_prob') for r in rows]), '.3g')}, clean "
-            f"{fmt(mean([r.get('clean_prob') for r in rows]), '.3g')}; success ours "
-            f"{fmt(mean([r.get('ours_success') for r in rows]), '.2f')}, ART "
-            f"{fmt(mean([r.get('art_success') for r in rows]), '.2f')}."
+            f"mean adversarial probability ours {fmt(avg['ours_prob'], '.3g')}, ART "
+            f"{fmt(avg['art_prob'], '.3g')}, clean {fmt(avg['clean_prob'], '.3g')}; success ours "
+            f"{fmt(avg['ours_success'], '.2f')}, ART {fmt(avg['art_success'], '.2f')}."
         )
     verdict = []
     if fc is not None:
@@ -612,7 +631,7 @@ def main() -> None:
         rows = gm["rows"]
         o = med([r.get("ours_s") for r in rows])
         x = med([r.get("art_s") for r in rows]) / o
-        so, sa = mean([r.get("ours_success") for r in rows]), mean([r.get("art_success") for r in rows])
+        so, sa = (summarize([r.get(f"{k}_success") for r in rows]).mean for k in ("ours", "art"))
         ok = x >= 3 and so >= sa
         x0 = med([r.get("art_w0_s") for r in rows]) / o
         verdict.append(
@@ -628,10 +647,7 @@ def main() -> None:
         md += ["## Failures", ""]
         for key, err in errors.items():
             md += [f"`{key}`:", "", "```", err.rstrip(), "```", ""]
-    text = "\n".join(md) + "\n"
-    print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
+    write_result(args.out, md)
 
 
 if __name__ == "__main__":

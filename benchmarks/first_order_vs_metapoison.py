@@ -14,17 +14,15 @@ Writes benchmarks/results/first_order_vs_metapoison.md.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import time
-from datetime import date
 from pathlib import Path
 
 import torch
-from _common import add_data_root
+from _common import add_data_root, command_line, provenance, write_result
 
 from poisonlab.attacks import FirstOrder, MetaPoison
+from poisonlab.bench.tables import markdown_table
 from poisonlab.data import load_dataset, stratified_subset
 from poisonlab.models import build_model
 from poisonlab.training import TrainConfig, train
@@ -36,6 +34,14 @@ SEED_TABLE = {  # seed 002, seconds per crafting step on one TITAN GPU: (MetaPoi
     "ResNet-20": {50: (48.6, 30.1), 500: (95.4, 48.1)},
 }
 MODELS = {"cnn": {}, "resnet18": {"width": 16}}
+HEADER = ["model", "poisons", "first-order (s/step)", "MetaPoison (s/step)", "ratio (ours)", "seed 002 ratio"]
+
+
+def table_row(name: str, count: int, f: float, m: float) -> list:
+    """Our two step times, their ratio, and the range of the seed's ratios (ours / MetaPoison) there."""
+    seed_ratios = [v[count][1] / v[count][0] for v in SEED_TABLE.values()]
+    lo, hi = min(seed_ratios), max(seed_ratios)
+    return [name, count, f"{f:.3f}", f"{m:.3f}", f"{f / m:.2f}x", f"{lo:.2f}-{hi:.2f}x"]
 
 
 def step_time(attack, model, train_set, test_set, count: int, repeats: int) -> list[float]:
@@ -79,9 +85,8 @@ def main() -> None:
     lines = [
         "# Seed 002: time per crafting step, first-order poisoning vs MetaPoison",
         "",
-        f"Date: {date.today().isoformat()}. Machine: {platform.machine()}, {os.cpu_count()} cores (shared "
-        f"with other jobs), torch {torch.__version__}, CPU, 1 thread. Command: `python "
-        f"benchmarks/first_order_vs_metapoison.py --repeats {args.repeats}`.",
+        provenance(command_line("first_order_vs_metapoison.py", parser, args))
+        + f" Repeats: {args.repeats} timed step(s) per method, model and poison count.",
         "",
         "Settings: MNIST 10,000-image subset; one surrogate per model (trained 1 epoch; the time does not "
         "depend on it); one crafting step = objective on all poisons + gradient w.r.t. them; first-order: "
@@ -91,17 +96,9 @@ def main() -> None:
         "ResNet-18 at width 16. The seed timed ConvNetBN / VGG-13 / ResNet-20 on a TITAN GPU at 50/50,000 "
         "and 500/50,000 poisons.",
         "",
-        "| model | poisons | first-order (s/step) | MetaPoison (s/step) | ratio (ours) | seed 002 ratio |",
-        "|---|---|---|---|---|---|",
+        markdown_table(HEADER, [table_row(*row) for row in rows]),
     ]
-    seed_ratios = {c: [v[c][1] / v[c][0] for v in SEED_TABLE.values()] for c in (50, 500)}
-    for name, count, f, m in rows:
-        lo, hi = min(seed_ratios[count]), max(seed_ratios[count])
-        lines.append(f"| {name} | {count} | {f:.3f} | {m:.3f} | {f / m:.2f}x | {lo:.2f}-{hi:.2f}x |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
+    write_result(args.out, lines)
 
 
 if __name__ == "__main__":

@@ -18,19 +18,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
 
 import numpy as np
 import torch
-from _common import add_data_root
+from _common import add_data_root, command_line, provenance, write_result
+
+from poisonlab.bench.tables import markdown_table
 
 HERE = Path(__file__).resolve().parent
 LRS = [0.1, 0.05, 0.01]
@@ -146,6 +146,7 @@ def main() -> None:
     torch.set_num_threads(1)
     from poisonlab.models import build_model
 
+    command = command_line("tracin_vs_captum.py", parser, args)
     models = args.models.split(",")
     work = Path(tempfile.mkdtemp(prefix="tracin_bench_"))
     make_checkpoints(args.data_root, work, models)
@@ -194,31 +195,37 @@ def main() -> None:
                 rows.append(row)
                 for path in scores.values():
                     Path(path).unlink(missing_ok=True)
-                write_table(rows, args, quiet=True)  # a partial table survives an interrupted run
-    write_table(rows, args)
+                write_table(rows, args, command, quiet=True)  # a partial table survives an interrupted run
+    write_table(rows, args, command)
 
 
-def write_table(rows: list[dict], args, quiet: bool = False) -> None:
-    def cell(r, tool):
+HEADER = ["model (params)", "N", "M", "scores", "poisonlab", "Captum fast", "speed-up", "max rel diff",
+          "Captum default", "speed-up", "max rel diff"]  # fmt: skip
+
+
+def table_row(r: dict) -> list[str]:
+    """One row of the table: the setting, then time, speed-up and score difference per tool."""
+    m = str(r["m"]) if r["what"] == "influence" else "-"
+    cells = [f"{r['model']} ({r['params']:,})", f"{r['n']:,}", m, r["what"]]
+    for tool in ("poisonlab", "captum-fast", "captum-default"):
         v = r[tool]
-        return "skipped" if v is None else f"{v['median']:.2f} s ({v['runs']}x), {v['peak']:.0f} MiB"
+        cells.append("skipped" if v is None else f"{v['median']:.2f} s ({v['runs']}x), {v['peak']:.0f} MiB")
+        if tool != "poisonlab":
+            cells.append("-" if v is None else f"**{v['median'] / r['poisonlab']['median']:.1f}x**")
+            cells.append("-" if v is None else f"{v['diff']:.1e}")
+    return cells
 
-    def ratio(r, tool):
-        v = r[tool]
-        return "-" if v is None else f"**{v['median'] / r['poisonlab']['median']:.1f}x**"
 
-    def diff(r, tool):
-        v = r[tool]
-        return "-" if v is None else f"{v['diff']:.1e}"
+def write_table(rows: list[dict], args, command: str, quiet: bool = False) -> None:
+    from importlib.metadata import version
 
     lines = [
         "# TracInCP: poisonlab vs Captum",
         "",
-        f"Date: {date.today().isoformat()}. Machine: {platform.machine()}, {os.cpu_count()} cores, "
-        f"torch {torch.__version__}, 1 thread per process, each measurement in a fresh process, tools "
+        provenance(command)
+        + f" Captum {version('captum')}; 1 thread per process, each measurement in a fresh process, tools "
         f"alternated; median of up to {args.repeats} runs (the number is in brackets; long runs and "
-        "Captum's per-sample default mode once). "
-        f"Command: `python benchmarks/tracin_vs_captum.py --sizes {args.sizes} --tests {args.tests}`.",
+        "Captum's per-sample default mode once).",
         "",
         f"Settings: MNIST training rows (first N) and M stratified test rows; K = {len(LRS)} checkpoints "
         f"(learning rates {LRS}); all parameters; poisonlab memory budget {args.budget}; Captum batch size "
@@ -227,22 +234,9 @@ def write_table(rows: list[dict], args, quiet: bool = False) -> None:
         "Captum's default mode (a Python loop of autograd calls per sample) runs only at the smaller sizes, "
         "Captum's fast mode up to N = 10,000; beyond, their times would be hours on this machine.",
         "",
-        "| model (params) | N | M | scores | poisonlab | Captum fast | speed-up | max rel diff | "
-        "Captum default | speed-up | max rel diff |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        markdown_table(HEADER, [table_row(r) for r in rows]),
     ]
-    for r in rows:
-        m = r["m"] if r["what"] == "influence" else "-"
-        lines.append(
-            f"| {r['model']} ({r['params']:,}) | {r['n']:,} | {m} | {r['what']} | {cell(r, 'poisonlab')} | "
-            f"{cell(r, 'captum-fast')} | {ratio(r, 'captum-fast')} | {diff(r, 'captum-fast')} | "
-            f"{cell(r, 'captum-default')} | {ratio(r, 'captum-default')} | {diff(r, 'captum-default')} |"
-        )
-    text = "\n".join(lines) + "\n"
-    if not quiet:
-        print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
+    write_result(args.out, lines, quiet=quiet)
 
 
 if __name__ == "__main__":

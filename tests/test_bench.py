@@ -297,7 +297,8 @@ def test_bench_writes_the_result_file_with_the_paper_and_the_command(tmp_path, c
     text = result.read_text()
     assert text.startswith("# Tiny reproduction\n")
     assert f"`poisonlab bench {path} --trials 1 --result {result}`" in text
-    assert "Paper: Nobody 2020, Table 9." in text and "a bigger model" in text and "Our setting: digits." in text
+    assert "Paper: Nobody 2020, Table 9." in text and "a bigger model" in text
+    assert "Our setting: digits." in text
     assert "| detector | 0.05 | 0.2 | 0.2: paper |" in text and "torch_threads" not in text
     assert "Machine: " in text and " thread(s) per trial" in text
     again = tmp_path / "again.md"

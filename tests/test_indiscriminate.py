@@ -239,7 +239,7 @@ def test_experiment_runner_reports_the_accuracy_drop_of_gradient_canceling():
     metrics = run_experiment(config).results["metrics"]
     assert metrics["attack.poison_fraction"] == 1.0  # as many poisons as clean rows
     assert metrics["attack.accuracy_drop"] > 0.025
-    # the attack trained the runner's clean baseline itself (same model, schedule and seed)
+    # white-box: the attack was handed the clean twin (same model, schedule and seed) as its clean model
     assert metrics["attack.gradient_canceling.twin_distance_to_target"] == pytest.approx(1.0, abs=1e-4)
     assert metrics["attack.gradient_canceling.target_accuracy"] < metrics["twin.clean_accuracy"] - 0.05
     assert metrics["attack.gradient_canceling.tau"] >= 0

@@ -111,6 +111,7 @@ class Trial:
 
     def __post_init__(self):
         self.seed = self.config.seed + self.index
+        self._clean_twin: TrainRun | None = None
         if self.methods is None:
             self.methods = Methods.build(self.config)
 
@@ -123,6 +124,14 @@ class Trial:
         t0 = time.perf_counter()
         yield
         self.timings[key] = time.perf_counter() - t0
+
+    def clean_twin(self) -> TrainRun:
+        """The model the victim would be without poisons (the clean rows, the same seed and schedule),
+        trained once per trial: the twin of net effects and a white-box attack's clean model."""
+        if self._clean_twin is None:
+            with self.timed("train_twin"):
+                self._clean_twin = self.fit(self.train_set, f"trial {self.index + 1}: twin without poisons")
+        return self._clean_twin
 
     def fit(self, data: Dataset, desc: str) -> TrainRun:
         """Train a model as the victim is trained (its head only, in the transfer setting)."""
@@ -192,14 +201,22 @@ def prepare(t: Trial) -> None:
 
 
 def craft(t: Trial) -> None:
-    """Every attack in turn on the released set so far; poison counts and perturbation sizes."""
+    """Every attack in turn on the released set so far; poison counts and perturbation sizes. A white-box
+    attack whose clean model matches the experiment's (``Attack.clean_model_spec``) gets the clean twin."""
+    first = t.methods.attacks[0][1].clean_model_spec() if t.methods.attacks else None
+    if t.extractor is None and first == (t.config.model, t.config.train):
+        t.clean_twin()  # before the attack's clock starts
     with t.timed("attack"):
         train_set = t.train_set
         empty = torch.zeros(0, dtype=torch.int64)
         poisoned = PoisonedDataset(train_set, empty, train_set.subset([]), (), empty.clone())
         for ident, attack in t.methods.attacks:
+            victim = t.extractor
+            spec = attack.clean_model_spec()
+            if victim is None and not len(poisoned.poison_idx) and spec == (t.config.model, t.config.train):
+                victim = t.clean_twin().model  # white-box: the model the victim would train without poisons
             crafted = attack.craft(
-                poisoned.data, generator=t.stream("attack", ident), victim=t.extractor, test=t.test_set
+                poisoned.data, generator=t.stream("attack", ident), victim=victim, test=t.test_set
             )
             poisoned = poisoned.then(crafted)
     t.poisoned, t.goal_ids = poisoned, [ident for ident, _ in t.methods.attacks]
@@ -227,8 +244,7 @@ def train_models(t: Trial) -> None:
     m["victim.clean_accuracy"] = accuracy(t.victim.model, t.eval_set)
     m["victim.train_accuracy_released"] = accuracy(t.victim.model, t.poisoned.data)
     if t.config.baseline or t.config.detect_with == "oracle_clean":
-        with t.timed("train_twin"):
-            t.twin = t.fit(t.poisoned.clean_data(), f"trial {t.index + 1}: twin without poisons")
+        t.twin = t.clean_twin()  # poisoned.clean_data() holds the rows of train_set, in its order
         m["twin.clean_accuracy"] = accuracy(t.twin.model, t.eval_set)
         m["attack.accuracy_drop"] = m["twin.clean_accuracy"] - m["victim.clean_accuracy"]
     t.evaluate_attacks("attack", t.victim.model)

@@ -46,6 +46,12 @@ class Attack(Method):
         self.check_data(train, test)
         return self._craft(train, generator=generator, victim=victim, test=test)
 
+    def clean_model_spec(self) -> tuple[str, TrainConfig] | None:
+        """(model, schedule) of the clean model a white-box attack crafts against when given no victim, or
+        None. When it matches the experiment's, the runner hands over the victim's clean twin (same seed),
+        so the attack targets exactly the model the victim would train without poisons."""
+        return None
+
     def check_data(self, train: Dataset, test: Dataset | None = None) -> None:
         """Reject parameters ``train`` / ``test`` cannot satisfy (classes, budgets against class sizes) with a
         one-line ConfigError, without crafting; :meth:`craft` calls it first, a runner may call it before

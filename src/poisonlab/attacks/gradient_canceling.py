@@ -312,13 +312,17 @@ def draw_sources(n_rows: int, count: int, generator: torch.Generator) -> torch.T
 class GradientCanceling(SurrogateAttack):
     """Gradient canceling (Lu 2023): added poisons that make a GradPC target a stationary point of training.
 
-    Without a victim it trains `model` on the clean data with `train` and the trial's seed (the experiment's
-    clean baseline when `model` and `train` match the experiment's), moves it to a GradPC target within
-    `eps_w`, and crafts `fraction * N` poisons (may exceed N) that cancel the target's gradient; the victim's
-    weight decay (`train.weight_decay`) is part of the objective.
+    Without a victim it trains `model` on the clean data with `train` (the runner hands it the victim's
+    clean twin when `model` and `train` match the experiment's), moves it to a GradPC target within
+    `eps_w`, and crafts `fraction * N` poisons (may exceed N) that cancel the target's gradient; the
+    victim's weight decay (`train.weight_decay`) is part of the objective.
     """
 
     fraction: float = Field(0.03, gt=0, le=10, description="eps_d: poisons per clean row (above 1 allowed)")
+
+    def clean_model_spec(self):
+        return self.model, self.train
+
     eps_w: float = Field(1.0, gt=0, description="GradPC radius of the target around the clean model")
     norm: Literal["l2", "linf"] = Field("l2", description="GradPC ball")
     gradpc_steps: int = Field(100, ge=1, description="GradPC ascent steps (full batch, step eps_w/4 decayed)")

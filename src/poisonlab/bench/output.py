@@ -1,4 +1,5 @@
-"""Bench outputs from a results database: tables as Markdown and CSV, every trial as CSV, one HTML page.
+"""Bench outputs from a results database: tables as Markdown and CSV, every trial as CSV, the HTML matrix
+page (:mod:`poisonlab.report.matrix_page`).
 
 :func:`write_outputs` reads a consistent snapshot of the store, so it works during a run (pending cells
 show as missing or with fewer trials, marked ``(n=k)``).
@@ -7,93 +8,20 @@ show as missing or with fewer trials, marked ``(n=k)``).
 from __future__ import annotations
 
 import csv
-import html
 import io
-import math
-import re
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-import yaml
-from matplotlib.figure import Figure
 
 from poisonlab.bench.store import ResultStore, StoredMatrix
-from poisonlab.bench.tables import NO_DATA, Table, build_tables
-from poisonlab.report import figure_to_png
+from poisonlab.bench.tables import build_tables
+from poisonlab.report.figures import table_png
+from poisonlab.report.matrix_page import matrix_html, render_matrices
+from poisonlab.report.page import slug
 from poisonlab.results import check_output_dir, write_atomic
 
-MAX_PLOT_SERIES = 12
 OUTPUT_FILES, OUTPUT_FOLDERS = ("report.html", "tables.md"), ("tables", "trials")
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1200px;margin:2em auto;
-padding:0 1em;color:#1f2430}h1{margin-bottom:.2em}.meta{color:#5a6270}
-table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:.9em}th,td{border:1px solid #d6dae1;
-padding:.3em .6em;text-align:right}th{background:#f2f4f7}td.lab,th.lab{text-align:left}
-.bad{color:#c62828}pre{background:#f6f8fa;border:1px solid #e1e4e8;padding:.8em 1em;overflow:auto;
-font-size:.85em}.tag{display:inline-block;padding:.1em .5em;border-radius:.3em;background:#eef1f6}
-img{max-width:100%}nav a{margin-right:1em}.paper{background:#fbf7ea;color:#5a4a1a}
-"""
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").lower() or "table"
-
-
-def _e(text) -> str:
-    return html.escape(str(text), quote=True)
-
-
-def table_png(table: Table) -> bytes | None:
-    """Mean +- SE per row: lines over numeric settings, grouped bars otherwise; None if not worth drawing."""
-    if not table.plot or not table.rows or not table.cols or len(table.rows) > MAX_PLOT_SERIES:
-        return None
-    xs = table.numeric_columns()
-    fig = Figure(figsize=(7.0, 4.0))
-    ax = fig.add_subplot(1, 1, 1)
-    width = 0.8 / len(table.rows)
-    for i, row in enumerate(table.rows):
-        stats = [table.cells.get((row, c)) for c in table.cols]
-        mean = np.array([s.mean * table.scale if s and s.n else np.nan for s in stats])
-        err = np.array([s.se * table.scale if s and s.n and math.isfinite(s.se) else 0.0 for s in stats])
-        label = " / ".join(table.row_label(row))
-        if xs is not None and len(xs) > 1:
-            ax.errorbar(xs, mean, yerr=err, marker="o", capsize=3, label=label)
-        else:
-            pos = np.arange(len(table.cols)) + (i - (len(table.rows) - 1) / 2) * width
-            ax.bar(pos, mean, width, yerr=err, capsize=3, label=label)
-    if xs is None or len(xs) <= 1:
-        ax.set_xticks(
-            np.arange(len(table.cols)),
-            [table.col_label(c) for c in table.cols],
-            rotation=20 if len(table.cols) > 4 else 0,
-        )
-    ax.set_xlabel(", ".join(table.col_dims) or "")
-    ax.set_ylabel(table.metric.replace("$", r"\$"))
-    ax.set_title(table.title.replace("$", r"\$"))
-    ax.grid(alpha=0.3)
-    if len(table.rows) > 1 or table.row_dims:
-        ax.legend(
-            fontsize=8, title=" / ".join(table.row_dims) or None, loc="upper left", bbox_to_anchor=(1.01, 1)
-        )
-    return figure_to_png(fig)
-
-
-def _html_table(table: Table) -> str:
-    if not table.rows:
-        return f"<p class='meta'>{_e(NO_DATA)}</p>"
-    full = table.full_n()
-    columns = table.columns()
-    head = "".join(f"<th class='lab'>{_e(h)}</th>" for h in table.row_header())
-    head += "".join(f"<th{' class=paper' if p else ''}>{_e(h)}</th>" for h, _, p in columns)
-    body = []
-    for row in table.rows:
-        tds = "".join(f"<td class='lab'>{_e(v)}</td>" for v in table.row_label(row))
-        for _, c, p in columns:
-            tds += f"<td{' class=paper' if p else ''}>{_e(table.cell_text(row, c, p, full))}</td>"
-        body.append(f"<tr>{tds}</tr>")
-    note = "".join(f"<p class='meta'>{_e(n)}</p>" for n in table.notes())
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{note}"
 
 
 def _counts(data: StoredMatrix) -> dict[str, int]:
@@ -106,78 +34,6 @@ def _counts(data: StoredMatrix) -> dict[str, int]:
         "failed": failed,
         "pending": data.expected() - ok - failed,
     }
-
-
-def _matrix_html(data: StoredMatrix, tables: list[Table], pngs: dict[int, bytes]) -> str:
-    import base64
-
-    c = _counts(data)
-    status = (
-        f"{c['cells']} cells, {c['trials']} trials: {c['ok']} stored, "
-        f"<span class='{'bad' if c['failed'] else ''}'>{c['failed']} failed</span>, {c['pending']} pending"
-    )
-    if c["pending"]:
-        status += " <span class='tag'>incomplete: a run may be in progress</span>"
-    parts = [f"<section id='m-{slug(data.name)}'><h2>{_e(data.name)}</h2>"]
-    if data.spec.get("description"):
-        parts.append(f"<p>{_e(data.spec['description'])}</p>")
-    parts.append(
-        f"<p class='meta'>{status}. Cells: mean ± standard error over trials "
-        "(binomial for 0/1 metrics); (n=k) marks a cell with fewer trials.</p>"
-    )
-    for i, table in enumerate(tables):
-        meta = f"<code>{_e(table.metric)}</code> · {_e(table.layout())}"
-        parts.append(f"<h3>{_e(table.title)}</h3><p class='meta'>{meta}</p>")
-        parts.append(_html_table(table))
-        if i in pngs:
-            data64 = base64.b64encode(pngs[i]).decode()
-            parts.append(
-                f"<figure><img alt='{_e(table.title)}' src='data:image/png;base64,{data64}'></figure>"
-            )
-    notes = _notes(data)
-    if notes:
-        items = "".join(f"<li class='bad'>{_e(n)}</li>" for n in notes)
-        parts.insert(3 if data.spec.get("description") else 2, f"<h3>Attention</h3><ul>{items}</ul>")
-    failed = [r for r in data.trials if r["status"] != "ok"]
-    if failed:
-        labels = {cell.cell_id: cell.label for cell in data.cells}
-        rows = "".join(
-            f"<tr><td class='lab'>{_e(labels.get(r['cell_id'], r['cell_id']))}</td><td>{r['trial']}</td>"
-            f"<td class='lab bad'>{_e(r['error'])}</td></tr>"
-            for r in failed
-        )
-        parts.append(
-            "<h3>Failed trials</h3><table><thead><tr><th class='lab'>cell</th><th>trial</th>"
-            f"<th class='lab'>error</th></tr></thead><tbody>{rows}</tbody></table>"
-        )
-    by_cell: dict[str, list[dict]] = {}
-    for r in data.trials:
-        by_cell.setdefault(r["cell_id"], []).append(r)
-    rows = []
-    for cell in data.cells:
-        recs = by_cell.get(cell.cell_id, [])
-        ok = [r for r in recs if r["status"] == "ok"]
-        mean_time = np.mean([r["duration"] for r in ok]) if ok else float("nan")
-        rows.append(
-            f"<tr><td class='lab'>{_e(cell.label)}</td><td class='lab'><code>{cell.cell_id}</code></td>"
-            f"<td>{len(ok)} / {cell.trials}</td><td>{len(recs) - len(ok)}</td>"
-            f"<td>{'–' if math.isnan(mean_time) else f'{mean_time:.1f} s'}</td></tr>"
-        )
-    parts.append(
-        "<h3>Cells</h3><table><thead><tr><th class='lab'>cell</th><th class='lab'>id</th>"
-        "<th>stored</th><th>failed</th><th>mean trial time</th></tr></thead>"
-        f"<tbody>{''.join(rows)}</tbody></table>"
-    )
-    spec = yaml.safe_dump(data.spec, sort_keys=False, default_flow_style=None, width=110)
-    parts.append(
-        f"<details><summary>Matrix spec ({_e(data.source or '')})</summary><pre>{_e(spec)}</pre></details>"
-    )
-    versions = next((r["versions"] for r in reversed(data.trials) if r.get("versions")), None)
-    if versions:
-        text = ", ".join(f"{k} {v}" for k, v in versions.items())
-        parts.append(f"<p class='meta'>Versions (latest trial): {_e(text)}</p>")
-    parts.append("</section>")
-    return "\n".join(parts)
 
 
 def _notes(data: StoredMatrix) -> list[str]:
@@ -371,14 +227,8 @@ def write_outputs(
         path = out / "trials" / f"{slug(data.name)}.csv"
         write_atomic(path, _trials_csv(data))
         written.append(path)
-        sections.append(_matrix_html(data, tables, pngs))
-    nav = "".join(f"<a href='#m-{slug(d.name)}'>{_e(d.name)}</a>" for d in snapshots)
-    page = (
-        "<!DOCTYPE html>\n<html lang='en'>\n<head>\n<meta charset='utf-8'>\n"
-        f"<title>poisonlab bench: {_e(', '.join(d.name for d in snapshots))}</title>\n<style>{_CSS}</style>\n"
-        f"</head>\n<body>\n<header><h1>poisonlab bench</h1><p class='meta'>{_e(db)} · {_e(stamp)}</p>"
-        f"<nav>{nav}</nav></header>\n" + "\n".join(sections) + "\n</body>\n</html>\n"
-    )
+        sections.append(matrix_html(data, tables, pngs, c, notes))
+    page = render_matrices(str(db), stamp, [d.name for d in snapshots], sections)
     write_atomic(out / "tables.md", "\n".join(md))
     write_atomic(out / "report.html", page)
     if result is not None:
