@@ -212,9 +212,11 @@ def test_a_new_detector_with_its_own_reference_rule_plugs_in_from_its_own_module
     try:
         config = ExperimentConfig.model_validate(
             {
-                "model": "logreg", "train": {"epochs": 2, "checkpoint_every": 2},
+                "model": "logreg",
+                "train": {"epochs": 2, "checkpoint_every": 2},
                 "attacks": [{"name": "label_flip_random", "fraction": 0.1}],
-                "reference": {"name": "test_first_rows"}, "purifiers": [{"name": "ref"}],
+                "reference": {"name": "test_first_rows"},
+                "purifiers": [{"name": "ref"}],
             }  # fmt: skip
         )
         metrics = run_experiment(config).results["metrics"]
@@ -232,8 +234,13 @@ def test_each_method_draws_from_its_own_stream():
 
     def run(attacks, detectors):
         config = ExperimentConfig.model_validate(
-            {"model": "logreg", "train": {"epochs": 2, "checkpoint_every": 2}, "attacks": attacks,
-             "detectors": detectors, "baseline": False}  # fmt: skip
+            {
+                "model": "logreg",
+                "train": {"epochs": 2, "checkpoint_every": 2},
+                "attacks": attacks,
+                "detectors": detectors,
+                "baseline": False,
+            }  # fmt: skip
         )
         return run_experiment(config)
 
@@ -256,11 +263,38 @@ def test_an_attack_reports_what_its_crafting_measured():
     from poisonlab.experiment import ExperimentConfig, run_experiment
 
     config = ExperimentConfig.model_validate(
-        {"model": "cnn", "train": {"epochs": 1, "checkpoint_every": 1}, "baseline": False,
-         "attacks": [{"id": "fc", "name": "feature_collision", "count": 3, "steps": 5}]}  # fmt: skip
+        {
+            "model": "cnn",
+            "train": {"epochs": 1, "checkpoint_every": 1},
+            "baseline": False,
+            "attacks": [{"id": "fc", "name": "feature_collision", "count": 3, "steps": 5}],
+        }  # fmt: skip
     )
     result = run_experiment(config)
     metrics, goal = result.results["metrics"], result.first.poisoned.goals[0]
     assert metrics["attack.fc.beta"] == goal.params["beta"] > 0
     assert metrics["attack.fc.feature_distance"] == goal.params["feature_distance"]
     assert metrics["attack.fc.objective_last"] == goal.params["objective"]["last"]
+
+
+def test_an_input_time_detector_gives_only_its_scores_and_gets_the_frr_far_protocol():
+    """The base fits the boundary on part of the clean rows, measures FRR on the rest and FAR on triggered
+    inputs: a detector scoring triggered inputs lowest rejects them all at the fitted FRR."""
+    import numpy as np
+
+    from poisonlab.data import Dataset
+    from poisonlab.detection import InputDetector
+
+    class Brightness(InputDetector):
+        """Mean pixel value (a test detector: the 'trigger' is a dark image)."""
+
+        def input_scores(self, model, x, pool, generator) -> np.ndarray:
+            return x.flatten(1).mean(1).numpy()
+
+    gen = torch.Generator().manual_seed(0)
+    clean = Dataset(0.5 + 0.5 * torch.rand(200, 1, 4, 4, generator=gen), torch.arange(200) % 2, ("a", "b"))
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2))
+    metrics, scores = Brightness(frr=0.05).evaluate(model, clean, torch.zeros(30, 1, 4, 4), gen)
+    assert metrics["far"] == 0.0 and metrics["auroc"] == 1.0
+    assert metrics["frr_fit"] == pytest.approx(0.05) and metrics["frr"] < 0.2
+    assert len(scores["clean"]) == 200 and len(scores["triggered"]) == 30

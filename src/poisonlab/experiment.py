@@ -28,7 +28,7 @@ from poisonlab import data as datalib
 from poisonlab.attacks import Attack
 from poisonlab.defenses import Defense
 from poisonlab.detection import Detector
-from poisonlab.detection.strip import InputDetector
+from poisonlab.detection.input_time import InputDetector
 from poisonlab.errors import ConfigError, PoisonlabError
 from poisonlab.metrics import aggregate, is_oracle_metric, standard_errors
 from poisonlab.models import MODELS, build_model

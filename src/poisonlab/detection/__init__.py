@@ -1,8 +1,10 @@
-"""Training-set detectors (one suspicion score per row); importing the package registers them."""
+"""Training-set detectors (one suspicion score per row) and input-time detectors (fit on clean inputs, score
+inputs); importing the package registers them."""
 
 from poisonlab.detection.activation_clustering import ActivationClustering
 from poisonlab.detection.base import Detector
 from poisonlab.detection.influence import TracInCP
+from poisonlab.detection.input_time import InputDetector
 from poisonlab.detection.knn import KNNK, DeepKNN
 from poisonlab.detection.simulated import SimulatedDetector
 from poisonlab.detection.spectral import SpectralSignature
@@ -14,6 +16,7 @@ __all__ = [
     "DeepKNN",
     "KNNK",
     "Detector",
+    "InputDetector",
     "SimulatedDetector",
     "SpectralSignature",
     "Strip",
