@@ -137,6 +137,7 @@ def test_a_new_attack_with_its_own_figure_plugs_in_from_its_own_module():
         """Brighten some rows and relabel them 0 (a test attack)."""
 
         default_fraction: ClassVar[float] = 0.2
+        success_key: ClassVar[str | None] = "success_rate"
         strength: float = Field(0.5, gt=0)
 
         def _craft(self, train, *, generator, victim=None, test=None) -> PoisonedDataset:

@@ -285,8 +285,14 @@ def test_bench_writes_the_result_file_with_the_paper_and_the_command(tmp_path, c
         notes="Our setting: digits.",
         reference={"source": "Nobody 2020, Table 9", "setting": "a bigger model"},
         axes={"fraction": {"key": "attacks[0].fraction", "values": [0.05, 0.2]}},
-        tables=[{"metric": "detection.{detector}.auroc", "rows": "detector", "columns": "fraction",
-                 "paper": {"knn": {"0.2": 0.9}}}],  # fmt: skip
+        tables=[
+            {
+                "metric": "detection.{detector}.auroc",
+                "rows": "detector",
+                "columns": "fraction",
+                "paper": {"knn": {"0.2": 0.9}},
+            }
+        ],  # fmt: skip
     )
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(raw))

@@ -67,8 +67,13 @@ def views() -> list[DetectorView]:
 
 
 HISTORY = [
-    {"epoch": e, "lr": 0.05 / e, "loss": 1.0 / e, "train_accuracy": 0.6 + 0.05 * e,
-     "test_accuracy": 0.55 + 0.05 * e}
+    {
+        "epoch": e,
+        "lr": 0.05 / e,
+        "loss": 1.0 / e,
+        "train_accuracy": 0.6 + 0.05 * e,
+        "test_accuracy": 0.55 + 0.05 * e,
+    }
     for e in range(1, 6)
 ]
 
@@ -117,9 +122,13 @@ def test_detector_without_poison_renders_with_note(results):
 def test_detector_without_clean_rows_or_images(results):
     rng = np.random.default_rng(2)
     view = DetectorView(
-        name="all_poison", scores=rng.random(30),
+        name="all_poison",
+        scores=rng.random(30),
         groups={"clean": np.zeros(30, bool), "p": np.ones(30, bool)},
-        threshold=None, top_images=np.zeros((0, 1, 8, 8)), top_captions=[], top_poisoned=np.zeros(0, bool),
+        threshold=None,
+        top_images=np.zeros((0, 1, 8, 8)),
+        top_captions=[],
+        top_poisoned=np.zeros(0, bool),
     )
     out = render_report({"name": "x", "metrics": {}}, [view])
     assert "no ROC: there are no clean rows" in out and "No images given" in out
@@ -132,8 +141,15 @@ def test_awkward_scores_still_render():
     scores[0], scores[1], scores[2] = np.nan, np.inf, -np.inf
     poison = np.zeros(100, bool)
     poison[:10] = True
-    view = DetectorView("heavy$tail", scores, {"clean": ~poison, "_hidden": poison}, 1.0,
-                        rng.random((3, 3, 4, 4)), ["a", "b $x$", "c"], np.array([1, 0, 1], bool))
+    view = DetectorView(
+        "heavy$tail",
+        scores,
+        {"clean": ~poison, "_hidden": poison},
+        1.0,
+        rng.random((3, 3, 4, 4)),
+        ["a", "b $x$", "c"],
+        np.array([1, 0, 1], bool),
+    )
     out = render_report({"name": "awkward", "metrics": {"detection.x.auroc": float("nan")}}, [view])
     assert out.count("data:image/png;base64,") == 3
     assert "<td class='num'>–</td>" in out  # a NaN metric shows as a dash
@@ -141,8 +157,9 @@ def test_awkward_scores_still_render():
 
 
 def test_constant_scores_render():
-    view = DetectorView("flat", np.ones(50), {"clean": np.ones(50, bool)}, 1.0,
-                        np.zeros((0, 1, 2, 2)), [], np.zeros(0, bool))
+    view = DetectorView(
+        "flat", np.ones(50), {"clean": np.ones(50, bool)}, 1.0, np.zeros((0, 1, 2, 2)), [], np.zeros(0, bool)
+    )
     out = render_report({"name": "flat"}, [view])
     assert out.count("data:image/png;base64,") == 1
     assert "no ROC" in out
@@ -185,18 +202,29 @@ def test_the_page_opens_with_a_headline_of_net_effects_flag_rates_and_oracles():
         "name": "h",
         "trials": 4,
         "metrics": {
-            "victim.clean_accuracy": 0.9, "twin.clean_accuracy": 0.92,
-            "attack.bd.success_rate": 0.95, "attack.bd.twin_success_rate": 0.05,
+            "victim.clean_accuracy": 0.9,
+            "twin.clean_accuracy": 0.92,
+            "attack.bd.success_rate": 0.95,
+            "attack.bd.twin_success_rate": 0.05,
             "attack.bd.net_success_rate": 0.9,
-            "detection.knn.auroc": 0.987, "detection.knn.recall_at_1pct": 0.2,
-            "detection.knn.precision_at_1pct": 1.0, "detection.knn.recall_at_5pct": 0.6,
-            "detection.knn.precision_at_5pct": 0.6, "detection.knn.recall": 0.99,
-            "detection.knn.flagged_fraction": 0.31, "detection.knn.recall_at_budget": 0.8,
-            "defense.fp.attack_success_before": 0.95, "defense.fp.attack_success": 0.02,
-            "defense.fp.net_attack_success": 0.01, "defense.fp.clean_accuracy_before": 0.9,
+            "detection.knn.auroc": 0.987,
+            "detection.knn.recall_at_1pct": 0.2,
+            "detection.knn.precision_at_1pct": 1.0,
+            "detection.knn.recall_at_5pct": 0.6,
+            "detection.knn.precision_at_5pct": 0.6,
+            "detection.knn.recall": 0.99,
+            "detection.knn.flagged_fraction": 0.31,
+            "detection.knn.recall_at_budget": 0.8,
+            "defense.fp.attack_success_before": 0.95,
+            "defense.fp.attack_success": 0.02,
+            "defense.fp.net_attack_success": 0.01,
+            "defense.fp.clean_accuracy_before": 0.9,
             "defense.fp.clean_accuracy": 0.88,
-            "strip.far": 0.03, "strip.frr": 0.01, "strip.auroc": 0.99,
-            "purification.mendata.clean_accuracy": 0.87, "purification.mendata.bd.success_rate": 0.04,
+            "strip.far": 0.03,
+            "strip.frr": 0.01,
+            "strip.auroc": 0.99,
+            "purification.mendata.clean_accuracy": 0.87,
+            "purification.mendata.bd.success_rate": 0.04,
             "purification.mendata.bd.net_success_rate": -0.01,
         },  # fmt: skip
         "metrics_se": {"attack.bd.net_success_rate": 0.05},

@@ -512,6 +512,7 @@ def run_experiment(config: ExperimentConfig, *, progress: bool = False, splits=N
         "history": first.history,
         **({"defenses": first.defenses} if first.defenses else {}),
         "timings": timings,
+        "success_keys": {i: a.success_key for i, a in config.build_attacks() if a.success_key},
         "oracles": oracles,
         "oracle_metrics": sorted(k for k in mean if is_oracle_metric(k, oracles)),
         "versions": environment(),

@@ -40,7 +40,6 @@ def method_seed(seed: int, role: str, ident: str) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-NET_KEYS = ("success", "success_rate")  # attack metrics also reported net of the clean twin
 PER_ATTACK_DETECTION = ("auroc", "recall", "recall_at_1pct", "recall_at_5pct", "recall_at_budget")
 
 
@@ -161,7 +160,7 @@ class Trial:
             for key, value in base.items():
                 if prefix == "attack":  # once; the purifiers' net values subtract the same numbers
                     self.metrics[f"{prefix}.{ident}.twin_{key}"] = value
-                if key in NET_KEYS and key in values:
+                if key == attack.success_key and key in values:
                     self.metrics[f"{prefix}.{ident}.net_{key}"] = values[key] - value
 
     def first_trigger_attack(self):
@@ -338,11 +337,11 @@ def defend(t: Trial) -> None:
             m[f"{prefix}.clean_accuracy{when}"] = accuracy(model, held)
             if attack is not None:
                 m[f"{prefix}.attack_success{when}"] = attack.evaluate(model, held, goal).get(
-                    "success_rate", float("nan")
+                    attack.success_key, float("nan")
                 )
         m[f"{prefix}.accuracy_drop"] = m[f"{prefix}.clean_accuracy_before"] - m[f"{prefix}.clean_accuracy"]
         if attack is not None and t.twin is not None:
-            on_twin = attack.evaluate(t.twin.model, held, goal).get("success_rate", float("nan"))
+            on_twin = attack.evaluate(t.twin.model, held, goal).get(attack.success_key, float("nan"))
             m[f"{prefix}.twin_attack_success"] = on_twin
             m[f"{prefix}.net_attack_success"] = m[f"{prefix}.attack_success"] - on_twin
         kept = repair.steps[repair.info.get("kept_step", len(repair.steps) - 1)] if repair.steps else {}

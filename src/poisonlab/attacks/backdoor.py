@@ -107,6 +107,7 @@ class BackdoorAttack(Attack):
     target: int = Field(0, ge=0, description="the class every triggered input should be classified as")
 
     triggers_inputs: ClassVar[bool] = True
+    success_key: ClassVar[str | None] = "success_rate"
 
     def _trigger(self, shape: tuple[int, int, int]) -> torch.Tensor:
         """stack([pattern, mask]) for images of ``shape``."""

@@ -23,6 +23,9 @@ class Attack(Method):
     kind = "attack"
     triggers_inputs: ClassVar[bool] = False  # a backdoor: ``triggered(data, goal)`` stamps its trigger
     goal_metrics: ClassVar[tuple[str, ...]] = ()  # numeric goal params reported as attack.<id>.<name>
+    # the key of ``evaluate`` that measures success (reported net of the clean twin); None: indiscriminate
+    # attacks, whose effect is the accuracy drop
+    success_key: ClassVar[str | None] = None
 
     def craft(
         self,

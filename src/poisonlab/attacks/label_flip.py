@@ -67,6 +67,8 @@ class TargetedLabelFlip(_Budget):
         goal = AttackGoal(self.name, self.model_dump(), adversarial_label=self.target)
         return PoisonedDataset.from_rows(train, train.with_labels(y), idx, goal)
 
+    success_key: ClassVar[str | None] = "success_rate"
+
     def evaluate(self, model: nn.Module, test: Dataset, goal: AttackGoal) -> dict[str, float]:
         """success_rate: fraction of test rows of `source` classified as `target`."""
         rows = test.y == self.source

@@ -187,6 +187,8 @@ def craft_perturbations(
 class TargetedAttack(SurrogateAttack):
     """Base of the targeted clean-label attacks: target choice, poison budget, surrogates, success."""
 
+    success_key: ClassVar[str | None] = "success"
+
     model: str = Field("cnn", description="surrogate architecture (trained on the clean data if no victim)")
     target_class: int | None = Field(None, ge=0, description="class of the target image; any if unset")
     adversarial_class: int | None = Field(

@@ -188,6 +188,18 @@ def _metrics_section(results: Mapping) -> str:
     )
 
 
+def success_keys(results: Mapping, metrics: Mapping) -> dict[str, str]:
+    """attack id -> its success metric: results.json's ``success_keys`` (older results: by name)."""
+    if "success_keys" in results:
+        return dict(results["success_keys"])
+    out = {}
+    for key in metrics:
+        parts = key.split(".")
+        if len(parts) == 3 and parts[0] == "attack" and parts[2] in ("success", "success_rate"):
+            out.setdefault(parts[1], parts[2])
+    return out
+
+
 def _headline_section(results: Mapping) -> str:
     """What a reader takes in at a glance: per attack its net success, per detector its recall and precision
     with 1% / 5% of the rows flagged and AUROC, per defense / purifier / input detector the success before
@@ -232,8 +244,8 @@ def _headline_section(results: Mapping) -> str:
             + ".</p>"
         )
     rows = []
-    for ident in ids("attack.", ("success", "success_rate")):
-        key = "success" if f"attack.{ident}.success" in m else "success_rate"
+    success = success_keys(results, m)
+    for ident, key in success.items():
         rows.append(
             f"<tr><td class='name'>{escape(ident)}</td>{cell(f'attack.{ident}.{key}')}"
             f"{cell(f'attack.{ident}.twin_{key}')}{cell(f'attack.{ident}.net_{key}', signed=True)}</tr>"
@@ -274,8 +286,7 @@ def _headline_section(results: Mapping) -> str:
     rows = []
     for ident in ids("purification.", ("clean_accuracy",)):
         p = f"purification.{ident}"
-        for attack in ids("attack.", ("success", "success_rate")):
-            key = "success" if f"{p}.{attack}.success" in m else "success_rate"
+        for attack, key in success.items():
             rows.append(
                 f"<tr><td class='name'>{escape(ident)} / {escape(attack)}</td>"
                 f"{cell(f'attack.{attack}.{key}')}{cell(f'{p}.{attack}.{key}')}"
