@@ -245,6 +245,8 @@ def _check_attack(attack, data, victim, backdoored):
 
     metrics = attack.evaluate(victim, test_set, poisoned.goals[0])
     assert isinstance(metrics, dict) and all(isinstance(v, float | int) for v in metrics.values())
+    # the declared success metric is one of evaluate's keys (None: an indiscriminate attack)
+    assert attack.success_key is None or attack.success_key in metrics, (attack.success_key, sorted(metrics))
     assert _same_state(victim, victim_state)
 
 
