@@ -51,6 +51,10 @@ SETUP: dict[str, dict[str, tuple[dict, str]]] = {
             {"gradpc_steps": 3, "steps": 5},
             "100 GradPC + 1000 canceling steps by default; a few of each exercise both",
         ),
+        "radioactive_data": (
+            {"steps": 12, "align_rows": 200},
+            "300 marking steps by default; 12 exercise the schedule's two decays and the 1/255 rounding",
+        ),
         "tgda": (
             {"steps": 2, "cg_iters": 2, "val_size": 100, "batch_size": 100},
             "100 leader steps of 10 CG iterations by default; val_size 1000 exceeds the 300-row subset",

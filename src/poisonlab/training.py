@@ -260,13 +260,16 @@ def train_head(
 
 
 @torch.no_grad()
-def _logits(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+def _logits(model: nn.Module, x: torch.Tensor, batch_size: int, method: str = "forward") -> torch.Tensor:
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    out = torch.cat([model(xb.to(device)).cpu() for xb in x.split(batch_size)]) if len(x) else torch.empty(0)
+    fn = getattr(model, method)
+    with torch.no_grad():
+        parts = [fn(xb.to(device)).flatten(1).cpu() for xb in x.split(batch_size)]
+        out = torch.cat(parts) if parts else None
     model.train(was_training)
-    return out
+    return out if out is not None else torch.empty(0)
 
 
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
@@ -275,6 +278,16 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.
         raise ConfigError(f"predict: x must be a tensor of inputs, got {type(x).__name__}")
     check_model_accepts(model, x, "predict", "model", "x")
     return _logits(model, x, check_int(batch_size, "predict: batch_size", minimum=1))
+
+
+def predict_features(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """Penultimate features ``model.features(x)`` (in eval mode), on the CPU."""
+    if not isinstance(x, torch.Tensor):
+        raise ConfigError(f"predict_features: x must be a tensor of inputs, got {type(x).__name__}")
+    if not callable(getattr(model, "features", None)):
+        raise ConfigError("predict_features: the model has no `features` method (its penultimate layer)")
+    check_model_accepts(model, x, "predict_features", "model", "x")
+    return _logits(model, x, check_int(batch_size, "predict_features: batch_size", minimum=1), "features")
 
 
 def accuracy(model: nn.Module, data: Dataset) -> float:
