@@ -20,6 +20,10 @@ from poisonlab.data import (
     load_image_folder,
     load_mnist,
     load_npz,
+    save_cifar_batches,
+    save_idx,
+    save_image_folder,
+    save_npz,
     stratified_subset,
     train_test_split,
 )
@@ -419,3 +423,67 @@ def test_replace_rows_returns_a_copy_with_only_those_rows_changed():
     keep[idx] = False
     assert torch.equal(out.x[keep], data.x[keep]) and torch.equal(out.y[keep], data.y[keep])
     assert torch.equal(data.replace_rows(idx, new).y, data.y)  # labels kept without y
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Writers: each one read back by its loader, exactly (uint8 images)
+
+
+def uint8_dataset(shape, classes, n=23, seed=0, grouped=False) -> Dataset:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, len(classes), n)
+    y = np.sort(y) if grouped else y
+    x = rng.integers(0, 256, (n, *shape), dtype=np.uint8)
+    return Dataset(torch.from_numpy(x.astype(np.float32) / 255), torch.from_numpy(y), classes)
+
+
+def same(a: Dataset, b: Dataset) -> bool:
+    return torch.equal(a.x, b.x) and torch.equal(a.y, b.y) and a.classes == b.classes
+
+
+@pytest.mark.parametrize("uint8", [True, False])
+def test_save_npz_round_trips(tmp_path, uint8):
+    d = uint8_dataset((3, 5, 4), ("red", "green", "blue"))
+    save_npz(tmp_path / "d.npz", d, uint8=uint8)
+    assert same(load_npz(tmp_path / "d.npz"), d)
+    digits = load_digits()  # k/16 pixels: exact as float32 only
+    save_npz(tmp_path / "train.npz", digits)
+    assert same(load_dataset("npz", tmp_path), digits) and sorted(p.name for p in tmp_path.iterdir()) == [
+        "d.npz", "train.npz"
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_save_idx_round_trips_and_refuses_what_mnist_cannot_hold(tmp_path, split):
+    d = uint8_dataset((1, 28, 28), tuple(str(i) for i in range(10)))
+    save_idx(tmp_path, d, split)
+    assert same(load_mnist(tmp_path, split), d)
+    raises_data_error(save_idx, tmp_path / "rgb", uint8_dataset((3, 8, 8), d.classes), match="one-channel")
+    raises_data_error(save_idx, tmp_path / "ab", uint8_dataset((1, 8, 8), ("a", "b")), match="classes 0..9")
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_save_cifar_batches_round_trip_in_batches(tmp_path, split):
+    d = uint8_dataset((3, 32, 32), ("cat", "dog", "eel"), n=25)
+    paths = save_cifar_batches(tmp_path, d, split, batch_rows=10)
+    batches = [f"data_batch_{i}.bin" for i in (1, 2, 3)] if split == "train" else ["test_batch.bin"]
+    assert [p.name for p in paths] == [*batches, "batches.meta.txt"]
+    assert same(load_cifar10(tmp_path, split), d)
+    small = uint8_dataset((3, 8, 8), d.classes)
+    raises_data_error(save_cifar_batches, tmp_path / "s", small, match="3x32x32")
+
+
+@pytest.mark.parametrize("shape", [(1, 6, 5), (3, 4, 4)])
+def test_save_image_folder_round_trips_rows_grouped_by_class(tmp_path, shape):
+    d = uint8_dataset(shape, ("ant", "bee", "cat", "dog"), grouped=True)
+    d = d.subset(torch.nonzero(d.y != 2).flatten())  # an empty class keeps its folder
+    save_image_folder(tmp_path / "set", d)
+    assert same(load_image_folder(tmp_path / "set"), d) and (tmp_path / "set" / "cat").is_dir()
+    shuffled = uint8_dataset(shape, ("ant", "bee"), seed=1)
+    save_image_folder(tmp_path / "shuffled", shuffled)  # rows come back grouped by class, in order
+    back = load_image_folder(tmp_path / "shuffled")
+    order = torch.argsort(shuffled.y, stable=True)
+    assert torch.equal(back.x, shuffled.x[order]) and torch.equal(back.y, shuffled.y[order])
+    unsorted = uint8_dataset(shape, ("b", "a"))
+    raises_data_error(save_image_folder, tmp_path / "u", unsorted, match="not sorted")
+    raises_data_error(save_image_folder, tmp_path / "h", uint8_dataset(shape, (".a", "b")), match="'.a'")

@@ -7,6 +7,7 @@ naming the file and the problem; nothing is ever loaded with pickle.
 from __future__ import annotations
 
 import gzip
+import io
 import math
 import os
 import re
@@ -22,18 +23,28 @@ import numpy as np
 import torch
 
 from poisonlab.errors import DataError
+from poisonlab.results import write_atomic
 
 __all__ = [
     "CIFAR10_CLASSES",
     "DATASET_NAMES",
+    "DATA_FORMATS",
     "Dataset",
+    "guess_format",
+    "has_split",
     "load_cifar10",
     "load_dataset",
     "load_digits",
     "load_image_folder",
     "load_mnist",
+    "load_format",
     "load_npz",
+    "npz_stores_uint8",
     "open_image",
+    "save_cifar_batches",
+    "save_idx",
+    "save_image_folder",
+    "save_npz",
     "stratified_subset",
     "train_test_split",
 ]
@@ -43,6 +54,7 @@ CIFAR10_CLASSES = (
 )  # fmt: skip
 DIGIT_CLASSES = tuple(str(i) for i in range(10))
 DATASET_NAMES = ("digits", "mnist", "cifar10", "folder", "npz")
+DATA_FORMATS = ("folder", "npz", "idx", "cifar")  # file formats of the owner's commands (mark, trace)
 SPLITS = ("train", "test")
 
 _IDX_IMAGES_MAGIC = 2051
@@ -817,3 +829,187 @@ def stratified_subset(data: Dataset, n: int, *, seed: int = 0) -> Dataset:
     if n == 0:
         return data.subset([])
     return data.subset(_stratified_pick(data.y.cpu().numpy(), int(n), data.num_classes, seed))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Formats by path (the owner's commands) and writers
+
+
+def _idx_folder(root: Path, stem: str) -> Path | None:
+    for folder in (root, root / "raw", root / "MNIST" / "raw"):
+        if _find_idx(folder, f"{stem}-images", "idx3-ubyte") is not None:
+            return folder
+    return None
+
+
+def _cifar_folder(root: Path, split: str) -> Path | None:
+    for folder in (root, root / "cifar-10-batches-bin", root / "cifar-10-subset-batches-bin"):
+        if _cifar_batches(folder, split):
+            return folder
+    return None
+
+
+def guess_format(path) -> str:
+    """The format of the data at ``path`` (one of DATA_FORMATS): an .npz file, or a folder holding train.npz
+    (or test.npz), MNIST IDX files, CIFAR-10 binary batches or class sub-folders (checked in that order)."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise _fail(path, "data not found")
+    if path.is_file():
+        if path.suffix.lower() == ".npz":
+            return "npz"
+        raise _fail(path, "cannot tell the data format of this file (an .npz, or a folder): pass --format")
+    try:
+        if (path / "train.npz").is_file() or (path / "test.npz").is_file():
+            return "npz"
+        if _idx_folder(path, "train") or _idx_folder(path, "t10k"):
+            return "idx"
+        if _cifar_folder(path, "train") or _cifar_folder(path, "test"):
+            return "cifar"
+        if any(p.is_dir() and not p.name.startswith(".") for p in path.iterdir()):
+            return "folder"
+    except OSError as exc:
+        raise _fail(path, f"cannot read folder ({type(exc).__name__}: {exc.strerror or exc})") from exc
+    raise _fail(
+        path, "cannot tell the data format (no train.npz, MNIST IDX files, CIFAR-10 batches or class "
+        "sub-folders): pass --format"
+    )  # fmt: skip
+
+
+def load_format(fmt: str, path, split: str = "train") -> Dataset:
+    """The data at ``path`` in format ``fmt`` (DATA_FORMATS); ``split`` picks MNIST's or CIFAR-10's files."""
+    if fmt not in DATA_FORMATS:
+        raise DataError(f"unknown data format {fmt!r} (known: {', '.join(DATA_FORMATS)})")
+    if fmt == "idx":
+        return load_mnist(path, split)
+    if fmt == "cifar":
+        return load_cifar10(path, split)
+    if fmt == "folder":
+        return load_image_folder(path)
+    path = Path(path).expanduser()
+    return load_npz(path / f"{split}.npz" if path.is_dir() else path)
+
+
+def has_split(fmt: str, path, split: str) -> bool:
+    """Whether ``path`` holds ``split``'s files: MNIST or CIFAR-10 files, ``<split>.npz`` in a folder; an .npz
+    file or an image folder is one "train" split."""
+    path = Path(path).expanduser()
+    if fmt == "npz" and path.is_dir():
+        return (path / f"{split}.npz").is_file()
+    if fmt == "idx":
+        return path.is_dir() and _idx_folder(path, "train" if split == "train" else "t10k") is not None
+    if fmt == "cifar":
+        return path.is_dir() and _cifar_folder(path, split) is not None
+    return split == "train"
+
+
+def npz_stores_uint8(path) -> bool:
+    """Whether the .npz file's ``x`` array is uint8 (read from its header only)."""
+    path = Path(path).expanduser()
+    fmt = np.lib.format
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            name = "x.npy" if "x.npy" in npz.zip.namelist() else "x"
+            with npz.zip.open(name) as f:
+                version = fmt.read_magic(f)
+                read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+                return read(f)[2] == np.uint8
+    except (OSError, ValueError, KeyError, EOFError, zlib.error, zipfile.BadZipFile) as exc:
+        raise _fail(path, f"cannot read .npz ({type(exc).__name__}: {exc})") from exc
+
+
+def _to_uint8(x: torch.Tensor) -> np.ndarray:
+    """[0, 1] floats to 0..255 (rounded to the nearest level: exact for images read from uint8 files)."""
+    return (x.detach().cpu().double() * 255.0).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def save_npz(path, data: Dataset, *, uint8: bool = False) -> Path:
+    """Write ``data`` as an .npz that :func:`load_npz` reads back exactly: ``x`` (N, C, H, W) as float32, or
+    as uint8 (rounded to the nearest 1/255) with ``uint8``; ``y``; the ``classes`` names."""
+    path = Path(path).expanduser()
+    if data.x.shape[1] > 4:
+        raise _fail(path, f"images with {data.x.shape[1]} channels: an .npz holds 1 to 4")
+    x = _to_uint8(data.x) if uint8 else data.x.detach().cpu().numpy().astype(np.float32)
+    y, classes = data.y.cpu().numpy().astype(np.int64), np.array(data.classes, dtype=str)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, x=x, y=y, classes=classes)
+    write_atomic(path, buf.getvalue())
+    return path
+
+
+def save_idx(folder, data: Dataset, split: str = "train") -> list[Path]:
+    """Write ``data`` as MNIST IDX files (``train-`` or ``t10k-images-idx3-ubyte`` and ``-labels-idx1-ubyte``,
+    uncompressed) in ``folder``; pixels rounded to 1/255. MNIST's format: one channel, classes "0".."9"."""
+    folder = Path(folder).expanduser()
+    _check_split(split, folder)
+    n, c, h, w = data.x.shape
+    if c != 1:
+        raise _fail(folder, f"IDX files hold one-channel images, got {c} channels")
+    if data.classes != DIGIT_CLASSES:
+        raise _fail(folder, f"IDX (MNIST) files hold the classes 0..9, got {list(data.classes)}")
+    stem = "train" if split == "train" else "t10k"
+    images = folder / f"{stem}-images-idx3-ubyte"
+    labels = folder / f"{stem}-labels-idx1-ubyte"
+    head = b"".join(int(v).to_bytes(4, "big") for v in (_IDX_IMAGES_MAGIC, n, h, w))
+    pixels = _to_uint8(data.x).tobytes()
+    write_atomic(images, head + pixels)
+    ys = data.y.cpu().numpy().astype(np.uint8).tobytes()
+    write_atomic(labels, _IDX_LABELS_MAGIC.to_bytes(4, "big") + n.to_bytes(4, "big") + ys)
+    return [images, labels]
+
+
+def _check_names(where: Path, classes: tuple[str, ...], what: str) -> None:
+    for name in classes:
+        if not name or name != name.strip() or any(ch in name for ch in "\n\r\0/\\") or name.startswith("."):
+            raise _fail(where, f"class name {name!r} cannot be written as {what}")
+
+
+def save_cifar_batches(folder, data: Dataset, split: str = "train", batch_rows: int = 10_000) -> list[Path]:
+    """Write ``data`` as CIFAR-10 binary batches in ``folder`` (train: ``data_batch_1.bin``, ... of
+    ``batch_rows`` records; test: ``test_batch.bin``) with ``batches.meta.txt`` naming the classes; pixels
+    rounded to 1/255. CIFAR's format: 3 x 32 x 32 images, at most 256 classes."""
+    folder = Path(folder).expanduser()
+    _check_split(split, folder)
+    if data.input_shape != (3, 32, 32):
+        raise _fail(folder, f"CIFAR-10 batches hold 3x32x32 images, got {data.input_shape}")
+    if data.num_classes > 256:
+        raise _fail(folder, f"CIFAR-10 batches hold at most 256 classes, got {data.num_classes}")
+    _check_names(folder, data.classes, "a line of batches.meta.txt")
+    records = np.concatenate(
+        [data.y.cpu().numpy().astype(np.uint8)[:, None], _to_uint8(data.x).reshape(len(data), -1)], axis=1
+    )
+    chunks = [records] if split == "test" else np.split(records, range(batch_rows, len(records), batch_rows))
+    names = ["test_batch.bin"] if split == "test" else [f"data_batch_{i + 1}.bin" for i in range(len(chunks))]
+    paths = []
+    for name, chunk in zip(names, chunks):
+        write_atomic(folder / name, chunk.tobytes())
+        paths.append(folder / name)
+    meta = folder / "batches.meta.txt"
+    write_atomic(meta, "\n".join(data.classes) + "\n")
+    return [*paths, meta]
+
+
+def save_image_folder(root, data: Dataset) -> list[Path]:
+    """Write ``data`` as ``root/<class>/<row>.png`` (8-bit grey or RGB, pixels rounded to 1/255), one
+    sub-folder per class, empty ones included. :func:`load_image_folder` reads the classes in sorted order
+    and each class's rows together, so the round trip is exact when the class names are sorted (checked)
+    and the rows grouped by class in order (as that loader returns them); otherwise rows come back grouped."""
+    from PIL import Image
+
+    root = Path(root).expanduser()
+    if data.x.shape[1] not in (1, 3):
+        raise _fail(root, f"PNG images have 1 or 3 channels, got {data.x.shape[1]}")
+    _check_names(root, data.classes, "a folder name")
+    if list(data.classes) != sorted(data.classes):
+        raise _fail(root, f"class names {list(data.classes)} are not sorted: the loader would renumber them")
+    pixels = _to_uint8(data.x).transpose(0, 2, 3, 1)
+    width = max(6, len(str(len(data) - 1)))
+    paths = []
+    for name in data.classes:
+        (root / name).mkdir(parents=True, exist_ok=True)
+    for i, (arr, label) in enumerate(zip(pixels, data.y.tolist())):
+        img = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr, "L" if arr.shape[2] == 1 else "RGB")
+        path = root / data.classes[label] / f"{i:0{width}d}.png"
+        img.save(path, format="PNG")  # many small files: no temporary file and fsync each
+        paths.append(path)
+    return paths
