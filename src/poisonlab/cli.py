@@ -1,4 +1,5 @@
-"""The ``poisonlab`` command: ``run [CONFIG] [--out DIR]``, ``list``, ``bench MATRIX`` and ``report DB``."""
+"""The ``poisonlab`` command: ``run [CONFIG] [--out DIR]``, ``list``, ``bench MATRIX``, ``report DB``, and for
+a data owner (radioactive data, Sablayrolles 2020) ``mark DATA --out DIR`` and ``trace --carriers FILE``."""
 
 from __future__ import annotations
 
@@ -212,6 +213,217 @@ def cmd_report(args) -> int:
     return 0
 
 
+OWNER_FORMATS = ("folder", "npz", "idx", "cifar")
+UINT8_FORMATS = ("folder", "idx", "cifar")
+
+
+def _load_owner_data(data: str, fmt: str | None, split: str, what: str):
+    """(format, dataset, source) of DATA: ``digits`` is the bundled set (written back as npz); otherwise the
+    format is ``fmt`` or guessed from the path. ``split`` "test" falls back to "train" when absent."""
+    from poisonlab.data import guess_format, has_split, load_digits, load_format
+
+    if data == "digits" and fmt is None:
+        return "digits", load_digits(), "digits"
+    path = Path(data).expanduser()
+    if not path.exists():
+        raise PoisonlabError(f"{what} {data}: data not found")
+    fmt = fmt or guess_format(path)
+    if split == "test" and not has_split(fmt, path, "test"):
+        split = "train"
+    return fmt, load_format(fmt, path, split), str(path)
+
+
+def _check_empty_out(out: Path) -> Path:
+    """--out for `mark`: writable, and new or empty (the folder becomes a data set loaded whole)."""
+    check_output_dir(out, "--out")
+    if out.is_dir():
+        held = sorted(p.name for p in out.iterdir())
+        if held:
+            more = f" and {len(held) - 1} more" if len(held) > 1 else ""
+            raise PoisonlabError(
+                f"--out {out}: not empty (holds {held[0]!r}{more}); mark writes a new data set into a new or "
+                "empty folder"
+            )
+    return out
+
+
+def _publish(out: Path, write) -> list[str]:
+    """``write(stage)`` into a hidden folder beside (or inside) ``out``, then moved into place: renamed to
+    ``out`` when it does not exist, else its entries moved in (``marked.json`` last). Nothing is left on
+    failure. Returns the names written."""
+    import shutil
+    import tempfile
+
+    from poisonlab.results import _umask
+
+    exists = out.is_dir()
+    base = out if exists else out.parent
+    while not base.exists():
+        base = base.parent
+    stage = Path(tempfile.mkdtemp(dir=base, prefix=".poisonlab-mark-"))
+    try:
+        write(stage)
+        names = sorted(os.listdir(stage), key=lambda n: (n == "marked.json", n))
+        if exists:
+            for name in names:
+                os.rename(stage / name, out / name)
+            stage.rmdir()
+        else:
+            os.chmod(stage, 0o777 & ~_umask())
+            out.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(stage, out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return names
+
+
+def _quantise(marked, original, eps: float):
+    """Marked images on the 1/255 grid of uint8 files, each pixel within ``eps`` of its uint8 original."""
+    import torch
+
+    from poisonlab.tracing.owner import eps_levels
+
+    q0 = (original.double() * 255).round()
+    levels = eps_levels(eps)
+    q = torch.minimum(torch.maximum((marked.double() * 255).round(), q0 - levels), q0 + levels)
+    return (q.clamp(0, 255) / 255).float()
+
+
+def cmd_mark(args) -> int:
+    import numpy as np
+    import torch
+
+    from poisonlab.attacks.radioactive import RadioactiveData
+    from poisonlab.bench.executors import check_threads
+    from poisonlab.checks import check_dataset, check_seed
+    from poisonlab.data import npz_stores_uint8, save_cifar_batches, save_idx, save_image_folder, save_npz
+    from poisonlab.models import MODELS, build_model
+    from poisonlab.tracing.owner import carriers_record, save_carriers
+    from poisonlab.training import TrainConfig, train
+
+    check_threads(args.threads)
+    if not (math.isfinite(args.fraction) and 0 < args.fraction <= 1):
+        raise PoisonlabError(f"--fraction must be in (0, 1], got {args.fraction}")
+    if not (math.isfinite(args.eps) and 0 < args.eps <= 255):
+        raise PoisonlabError(f"--eps (in levels /255: 10 = 10/255) must be in (0, 255], got {args.eps}")
+    for flag, value in (("--steps", args.steps), ("--epochs", args.epochs)):
+        if value < 1:
+            raise PoisonlabError(f"{flag} must be at least 1, got {value}")
+    check_seed(args.seed, "--seed")
+    if args.model not in MODELS:
+        raise PoisonlabError(f"--model: unknown model {args.model!r}; known models: {', '.join(MODELS)}")
+    out = _check_empty_out(Path(args.out))
+    fmt, data, source = _load_owner_data(args.data, args.format, "train", "DATA")
+    check_dataset(data, "mark", "DATA")
+    present = len(np.unique(data.y.numpy()))
+    if present < 2:
+        raise PoisonlabError(f"DATA {source}: holds a single class; radioactive marks need at least 2")
+    uint8 = fmt in UINT8_FORMATS or (fmt == "npz" and npz_stores_uint8(_npz_file(source)))
+    if uint8 and args.eps < 1:
+        raise PoisonlabError(f"--eps {args.eps}: below one pixel level, too small for {fmt} files (uint8)")
+    count = round(args.fraction * len(data))
+    if count < 1:
+        raise PoisonlabError(f"--fraction {args.fraction} marks no row of the {len(data)} in DATA")
+    eps = args.eps / 255
+    marking = RadioactiveData(
+        model=args.model, eps=eps, steps=args.steps, fraction=args.fraction,
+        train=TrainConfig(epochs=args.epochs),
+    )  # fmt: skip
+    try:
+        marker = build_model(args.model, data.input_shape, data.num_classes, seed=args.seed)
+    except PoisonlabError as err:
+        raise PoisonlabError(f"--model {args.model} for DATA {source}: {err}") from None
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    progress = not args.quiet and sys.stderr.isatty()
+    print(
+        f"poisonlab: marking {count} of {len(data)} rows of {source} (eps {args.eps:g}/255) -> {out}",
+        file=sys.stderr,
+    )
+    marker = train(marker, data, marking.train, seed=args.seed, progress=progress, desc="marking net").model
+    generator = torch.Generator().manual_seed(args.seed)
+    idx, carriers, marked, along = marking.mark(data, marker, generator, progress=progress)
+    original = data.x[idx]
+    if uint8:
+        marked = _quantise(marked, original, eps)
+    released = data.replace_rows(idx, marked)
+    change = float((marked - original).abs().max()) * 255
+    record = carriers_record(
+        carriers, marker, args.model, data.input_shape, data.classes, eps=eps, fraction=args.fraction,
+        seed=args.seed, steps=args.steps, epochs=args.epochs,
+    )  # fmt: skip
+    writers = {
+        "digits": lambda d: save_npz(d / "train.npz", released),
+        "npz": lambda d: save_npz(d / "train.npz", released, uint8=uint8),
+        "idx": lambda d: save_idx(d, released),
+        "cifar": lambda d: save_cifar_batches(d, released),
+        "folder": lambda d: save_image_folder(d, released),
+    }
+    summary = {
+        "source": source, "format": "npz" if fmt == "digits" else fmt, "count": len(idx),
+        "total_rows": len(data), "classes": list(data.classes), "fraction": args.fraction,
+        "eps": eps, "eps_levels": args.eps, "max_change_levels": round(change, 4), "model": args.model,
+        "epochs": args.epochs, "steps": args.steps, "seed": args.seed, "feature_shift": along,
+        "carriers": "carriers.pt", "reference": "Sablayrolles et al. 2020, Radioactive data",
+    }  # fmt: skip
+
+    def write(stage: Path) -> None:
+        writers[fmt](stage)
+        save_carriers(stage / "carriers.pt", record)
+        text = json.dumps(summary, indent=2)[:-2]  # the rows on one line
+        write_atomic(stage / "marked.json", text + f',\n  "rows": {json.dumps(idx.tolist())}\n}}\n')
+
+    try:
+        names = _publish(out, write)
+    except OSError as err:
+        raise PoisonlabError(f"--out {out}: cannot write the marked data ({err.strerror or err})") from None
+    print(f"  marked rows            {len(idx)} of {len(data)}")
+    print(f"  largest pixel change   {change:.2f}/255 (eps {args.eps:g}/255)")
+    print(f"  feature shift          {along:+.4f} along the carriers (marking network)")
+    shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+    print(f"poisonlab: wrote {out}: {shown}", file=sys.stderr)
+    return 0
+
+
+def _npz_file(source: str) -> Path:
+    path = Path(source)
+    return path / "train.npz" if path.is_dir() else path
+
+
+def cmd_trace(args) -> int:
+    import torch
+
+    from poisonlab.bench.executors import check_threads
+    from poisonlab.models import MODELS
+    from poisonlab.tracing import trace
+    from poisonlab.tracing.owner import load_carriers, load_suspect
+
+    check_threads(args.threads)
+    if not (math.isfinite(args.alpha) and 0 < args.alpha < 1):
+        raise PoisonlabError(f"--alpha must be in (0, 1), got {args.alpha}")
+    if args.model not in MODELS:
+        raise PoisonlabError(f"--model: unknown model {args.model!r}; known models: {', '.join(MODELS)}")
+    owner = load_carriers(args.carriers)
+    _, data, source = _load_owner_data(args.data, args.format, "test", "--data")
+    if data.input_shape != owner.input_shape:
+        raise PoisonlabError(
+            f"--data {source}: images of shape {data.input_shape}, but the carriers were drawn for "
+            f"{owner.input_shape}"
+        )
+    if len(data) < 2:
+        raise PoisonlabError(f"--data {source}: {len(data)} image; aligning the feature spaces needs 2")
+    suspect = load_suspect(args.model, args.weights, owner.input_shape, len(owner.classes))
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    result = trace(suspect, owner.marker, owner.carriers, data.x, args.alpha)
+    print(f"p-value: {result.p_value:.4g} (Fisher's combination over {len(owner.classes)} classes, "
+          f"{len(data)} clean images)")  # fmt: skip
+    print(f"traced: p < {args.alpha:g}" if result.detected else f"not traced: p >= {args.alpha:g}")
+    print(result.explain(owner.classes))
+    return 0
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with its errors on one line (exit 2), like every other bad input."""
 
@@ -265,6 +477,28 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--result", help="also write the matrix's result file (Markdown) here")
     rep.add_argument("--data-root", help="the data folder named in the result file's command")
     rep.set_defaults(func=cmd_report)
+    mark = sub.add_parser("mark", help="mark a share of a data set as radioactive (Sablayrolles 2020)")
+    mark.add_argument("data", metavar="DATA", help="data to mark: `digits`, an .npz, or a folder")
+    mark.add_argument("--out", required=True, help="new or empty folder for the marked data and carriers")
+    mark.add_argument("--fraction", type=float, default=0.1, help="share of the rows to mark (default 0.1)")
+    mark.add_argument("--eps", type=float, default=10.0, help="L_inf bound in pixel levels /255 (default 10)")
+    mark.add_argument("--format", choices=OWNER_FORMATS, help="DATA's format (default: from the path)")
+    mark.add_argument("--model", default="cnn", help="marking network (default cnn)")
+    mark.add_argument("--epochs", type=int, default=10, help="marking network epochs (default 10)")
+    mark.add_argument("--steps", type=int, default=300, help="optimisation steps per image (default 300)")
+    mark.add_argument("--seed", type=int, default=0, help="seed of the network, rows and carriers")
+    mark.add_argument("--threads", type=int, help="torch CPU threads")
+    mark.add_argument("--quiet", action="store_true", help="no progress bars")
+    mark.set_defaults(func=cmd_mark)
+    tr = sub.add_parser("trace", help="test whether a model was trained on marked data")
+    tr.add_argument("--carriers", required=True, help="carriers.pt written by `poisonlab mark`")
+    tr.add_argument("--weights", required=True, help="the suspect model's state dict (torch.save)")
+    tr.add_argument("--model", required=True, help="the suspect model's architecture (see `poisonlab list`)")
+    tr.add_argument("--data", required=True, help="clean images: digits, .npz or folder (test split if any)")
+    tr.add_argument("--format", choices=OWNER_FORMATS, help="--data's format (default: from the path)")
+    tr.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
+    tr.add_argument("--threads", type=int, help="torch CPU threads")
+    tr.set_defaults(func=cmd_trace)
     return parser
 
 

@@ -76,6 +76,7 @@ def mark_images(
     hflip: bool,
     generator: torch.Generator,
     batch_size: int = 256,
+    progress: bool = False,
 ) -> torch.Tensor:
     """The marked images (batched over rows): ``carriers`` holds each row's carrier (N x d)."""
     was_training = marker.training
@@ -83,7 +84,12 @@ def mark_images(
     device = next(marker.parameters()).device
     out = []
     milestones = {steps // 3, 2 * steps // 3}
-    for x0, u in zip(x.split(batch_size), carriers.split(batch_size)):
+    batches = zip(x.split(batch_size), carriers.split(batch_size))
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc="marking", unit="batch", total=-(-len(x) // batch_size), leave=False)
+    for x0, u in batches:
         x0, u = x0.to(device), u.to(device)
         with torch.no_grad():
             ft0 = marker.features(x0).flatten(1)
@@ -129,8 +135,9 @@ class RadioactiveData(SurrogateAttack, BudgetedAttack):
     align_rows: int = Field(2000, ge=2, description="clean test images used to align the feature spaces")
     batch_size: int = Field(256, ge=1, description="images marked at once")
 
-    def _craft(self, train: Dataset, *, generator: torch.Generator, victim=None, test=None):
-        marker = self._clean_model(train, victim, generator)
+    def mark(self, train: Dataset, marker: nn.Module, generator: torch.Generator, progress: bool = False):
+        """(marked rows, carriers K x d, their marked images, mean feature shift along the carriers): the
+        marking of ``train`` with the network ``marker`` (the owner's, or the victim's frozen extractor)."""
         if not callable(getattr(marker, "features", None)):
             raise ConfigError("radioactive_data: the marking network needs a `features` method")
         n = poison_count(len(train), self.budget_fraction, self.count, self.name)
@@ -141,11 +148,17 @@ class RadioactiveData(SurrogateAttack, BudgetedAttack):
         marked = mark_images(
             marker, train.x[idx], carriers[train.y[idx]], eps=self.eps, steps=self.steps, lr=self.lr,
             feature_weight=self.feature_weight, image_weight=self.image_weight, augment=self.augment,
-            hflip=self.hflip, generator=generator, batch_size=self.batch_size,
+            hflip=self.hflip, generator=generator, batch_size=self.batch_size, progress=progress,
         )  # fmt: skip
         with torch.no_grad():
-            shift = (marker.features(marked) - marker.features(train.x[idx])).flatten(1)
-            along = float((shift * carriers[train.y[idx]]).sum(1).mean())
+            device = next(marker.parameters()).device
+            shift = (marker.features(marked.to(device)) - marker.features(train.x[idx].to(device))).flatten(1)
+            along = float((shift.cpu() * carriers[train.y[idx]]).sum(1).mean())
+        return idx, carriers, marked, along
+
+    def _craft(self, train: Dataset, *, generator: torch.Generator, victim=None, test=None):
+        marker = self._clean_model(train, victim, generator)
+        idx, carriers, marked, along = self.mark(train, marker, generator)
         goal = AttackGoal(
             self.name, {**self.model_dump(), "carriers": carriers, "marker": marker, "feature_shift": along}
         )

@@ -13,6 +13,8 @@ the manipulated data (Friendly noise); each purifier documents what it does with
 from __future__ import annotations
 
 import copy
+import pickle
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,24 +145,40 @@ def freeze(module: nn.Module) -> nn.Module:
     return module
 
 
-def load_weights(module: nn.Module, path: str | Path, who: str) -> nn.Module:
-    """Load a state dict saved with ``torch.save(model.state_dict(), path)`` (weights_only, on the CPU).
+def torch_load_error(err: Exception) -> str:
+    """Why ``torch.load(..., weights_only=True)`` failed, in a few words (torch's own message is long)."""
+    refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+    if isinstance(err, pickle.UnpicklingError) and refused:
+        return f"it holds a pickled object ({refused.group(1)}) that safe loading (weights_only) refuses"
+    if isinstance(err, pickle.UnpicklingError):
+        return "not written by torch.save"
+    return f"{type(err).__name__}: {' '.join(str(err).split())[:160]}"
 
-    Accepts the bare state dict or ``{"state_dict": ...}``; raises a one-line DataError for a missing or
-    unreadable file and for weights that do not fit the architecture.
-    """
+
+def read_weights(path: str | Path, who: str) -> dict[str, torch.Tensor]:
+    """The state dict in ``path`` (bare or ``{"state_dict": ...}``), read with ``weights_only`` on the CPU;
+    a one-line DataError for a missing or unreadable file or one that holds no state dict of tensors."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: {who}: weights file not found")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises many kinds on a corrupt file
-        msg = " ".join(str(err).split())[:200]
-        raise DataError(f"{path}: {who}: not a torch weights file ({type(err).__name__}: {msg})") from None
+        raise DataError(f"{path}: {who}: not a torch weights file ({torch_load_error(err)})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise DataError(f"{path}: {who}: expected a state dict of tensors, got {type(state).__name__}")
+    return state
+
+
+def load_weights(module: nn.Module, path: str | Path, who: str) -> nn.Module:
+    """Load a state dict saved with ``torch.save(model.state_dict(), path)`` (weights_only, on the CPU).
+
+    Accepts the bare state dict or ``{"state_dict": ...}``; raises a one-line DataError for a missing or
+    unreadable file and for weights that do not fit the architecture.
+    """
+    state = read_weights(path, who)
     try:
         module.load_state_dict(state)
     except RuntimeError as err:
