@@ -256,7 +256,8 @@ def test_a_count_table_shows_successes_over_trials():
     cells = [StoredCell(f"c{i}", i, {"frac": f}, 3, {}) for i, f in enumerate(["0.1", "0.2"])]
     detected = {"c0": [1.0, 0.0, 1.0], "c1": [0.5, 1.0, 1.0]}
     trials = [
-        {"cell_id": c.cell_id, "trial": t, "status": "ok", "metrics": {"attack.mark.detected": detected[c.cell_id][t]}}
+        {"cell_id": c.cell_id, "trial": t, "status": "ok",
+         "metrics": {"attack.mark.detected": detected[c.cell_id][t]}}
         for c in cells for t in range(3)
     ]  # fmt: skip
     spec = {"axes": {"frac": {}}, "tables": [{"metric": "attack.mark.detected", "rows": "frac", "count": True,
