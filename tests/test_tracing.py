@@ -81,9 +81,9 @@ MARK = {"id": "mark", "name": "radioactive_data", "fraction": 0.5, "eps": 32 / 2
         "feature_weight": 0.0, "image_weight": 0.0, "augment": False}  # fmt: skip
 
 
-# Mendata as an attack on tracing (seed 003, section 6): a faster Mendata than the library's default (half the
-# untrusted rows stepped per round at lr 0.05, at most 20 rounds of at most 200 critic steps), and Random noise
-# at sigma 0.3 as the baseline; the reference set is the simulated detector's (P 1, R 0.5: an oracle choice)
+# Mendata as an attack on tracing (seed 003, section 6): a faster Mendata than the library's default (half
+# the untrusted rows stepped per round at lr 0.05, at most 20 rounds of at most 200 critic steps), Random
+# noise at sigma 0.3 as the baseline; the reference set is the simulated detector's (P 1, R 0.5: an oracle)
 PURIFIERS = [
     {"id": "mendata", "name": "mendata", "lr": 0.05, "max_rounds": 20, "patience": 5, "fraction": 0.5,
      "max_critic_steps": 200},
