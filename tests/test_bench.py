@@ -251,6 +251,22 @@ def test_tables_lay_out_placeholders_axes_and_pooled_axes():
     assert csv_lines[0] == "detector,0.1 mean,0.1 se,0.1 n,0.2 mean,0.2 se,0.2 n"
 
 
+def test_a_count_table_shows_successes_over_trials():
+    """Detection frequency as the seed reports it (x / n); a non-0/1 cell keeps mean ± se."""
+    cells = [StoredCell(f"c{i}", i, {"frac": f}, 3, {}) for i, f in enumerate(["0.1", "0.2"])]
+    detected = {"c0": [1.0, 0.0, 1.0], "c1": [0.5, 1.0, 1.0]}
+    trials = [
+        {"cell_id": c.cell_id, "trial": t, "status": "ok",
+         "metrics": {"attack.mark.detected": detected[c.cell_id][t]}}
+        for c in cells for t in range(3)
+    ]  # fmt: skip
+    spec = {"axes": {"frac": {}}, "tables": [{"metric": "attack.mark.detected", "rows": "frac", "count": True,
+                                                "digits": 2}]}  # fmt: skip
+    (table,) = build_tables(StoredMatrix("m", spec, None, "now", cells, trials))
+    rows = table.markdown().splitlines()
+    assert rows[2] == "| 0.1 | 2 / 3 |" and rows[3] == "| 0.2 | 0.83 ± 0.17 |"
+
+
 def test_paper_numbers_sit_beside_ours_and_unmatched_ones_are_named():
     cells = [StoredCell(f"c{i}", i, {"frac": f}, 2, {}) for i, f in enumerate(["0.1", "0.2"])]
     trials = [

@@ -165,8 +165,10 @@ class RadioactiveData(SurrogateAttack, BudgetedAttack):
         return PoisonedDataset.from_rows(train, train.replace_rows(idx, marked), idx, goal)
 
     def evaluate(self, model: nn.Module, test: Dataset, goal: AttackGoal) -> dict[str, float]:
-        """The tracing test of ``model``: combined p-value, its log10, ``detected`` (p < alpha) and the mean
-        cosine between the model's class rows (aligned on clean test images) and the carriers."""
+        """The tracing test of ``model``: combined p-value, its log10, ``detected`` (p < alpha), the mean
+        cosine between the model's class rows (aligned on clean test images) and the carriers, and the
+        alignment's relative squared residual (near 0: the model's features are a linear map of the
+        marker's; near 1: the test has little to work with)."""
         from poisonlab.tracing import trace
 
         marker, carriers = goal.params["marker"], goal.params["carriers"]
@@ -176,4 +178,5 @@ class RadioactiveData(SurrogateAttack, BudgetedAttack):
             "log10_p": result.log10_p,
             "detected": float(result.detected),
             "mean_cosine": float(result.cosines.mean()),
+            "alignment_residual": result.alignment_residual,
         }

@@ -117,6 +117,7 @@ class TableSpec(BaseModel):
     pool: list[str] = Field(default_factory=list, description="axes whose levels are pooled into one cell")
     scale: float = Field(1.0, description="multiply values (100 for percentages)")
     digits: int = Field(3, ge=0, le=10, description="decimals shown")
+    count: bool = Field(False, description="show a 0/1 metric as 'successes / trials' (e.g. detected 4 / 5)")
     plot: bool = True
     paper: dict[str, float | str | dict[str, float | str]] = Field(
         default_factory=dict,

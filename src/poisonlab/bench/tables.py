@@ -76,6 +76,7 @@ class Stat:
     se: float
     binomial: bool = False
     oracle: bool = False
+    binary: bool = False  # every value 0 or 1 (also for a single trial)
 
 
 def summarize(values) -> Stat:
@@ -85,10 +86,11 @@ def summarize(values) -> Stat:
     if n == 0:
         return Stat(0, float("nan"), float("nan"))
     mean = float(arr.mean())
-    if is_binary(arr) and n > 1:
-        return Stat(n, mean, binomial_se(mean, n), True)
+    binary = is_binary(arr)
+    if binary and n > 1:
+        return Stat(n, mean, binomial_se(mean, n), True, binary=True)
     se = float(arr.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
-    return Stat(n, mean, se)
+    return Stat(n, mean, se, binary=binary)
 
 
 @dataclass
@@ -104,6 +106,7 @@ class Table:
     cells: dict[tuple[tuple[str, ...], tuple[str, ...]], Stat] = field(default_factory=dict)
     scale: float = 1.0
     digits: int = 3
+    count: bool = False  # 0/1 cells as 'successes / trials'
     plot: bool = True
     failed: list[dict[str, str]] = field(default_factory=list)  # axis labels of cells with only failures
     paper: dict[str, Any] = field(default_factory=dict)  # row label -> value | {column label: value}
@@ -135,6 +138,8 @@ class Table:
         """'mean ± se' scaled; '(n=k)' when the cell holds fewer trials than the fullest cell."""
         if stat is None or stat.n == 0:
             return "–"
+        if self.count and stat.binary:
+            return f"{round(stat.mean * stat.n)} / {stat.n}" + (f" {ORACLE_MARK}" if stat.oracle else "")
         text = f"{stat.mean * self.scale:.{self.digits}f}"
         if math.isfinite(stat.se):
             text += f" ± {stat.se * self.scale:.{self.digits}f}"
@@ -324,6 +329,7 @@ def build_table(
         cols=cols,
         scale=spec.scale,
         digits=spec.digits,
+        count=spec.count,
         plot=spec.plot,
         failed=failed,
         paper=dict(spec.paper),
