@@ -5,7 +5,7 @@ MNIST subset, BadNets (3x3 checkerboard, bottom-right, all-to-one to class 0) at
 
 * training-set detection: ours (`spectral`, `activation_clustering`) vs ART's `SpectralSignatureDefense`
   and `ActivationDefence` (art.defences.detector.poison), both reading the penultimate features;
-  precision / recall of the flags (ours: at the median + 3 MAD rule of benchmarks/backdoor.py and at the
+  precision / recall of the flags (ours: at the median + 3 MAD rule (poisonlab's default) and at the
   poison budget), AUROC where a score exists;
 * STRIP: ours (`strip`) vs ART's `art.defences.transformer.poisoning.STRIP`, boundary for FRR 1% fitted
   on the defender's clean half of the test set, FRR on the other clean half and FAR on its triggered
@@ -384,8 +384,8 @@ def main() -> None:
         "",
         "## Training-set detection (poisons vs clean rows)",
         "",
-        "Cells: precision / recall in % (share of rows flagged). Ours: flags at the median + 3 MAD rule of "
-        "benchmarks/backdoor.py (no poison labels needed), and at the poison budget (top-k, k = number of "
+        "Cells: precision / recall in % (share of rows flagged). Ours: flags at the median + 3 MAD rule "
+        "(poisonlab's default; no poison labels needed), and at the poison budget (top-k, k = number of "
         "poisons, so precision = recall; uses the true count); activation clustering also at its own rule, "
         "score > 0 (the row lies in the smaller 2-means cluster of a class whose split has a positive "
         "silhouette and a smaller cluster under half the class: the analogue of ART's 'smaller'). "
