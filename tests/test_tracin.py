@@ -250,3 +250,59 @@ def test_scores_equal_captums(tiny_run):
     assert (matrix - ours).abs().max() / ours.abs().max() < 1e-4
     self_theirs = theirs.self_influence(inputs=None)
     assert torch.allclose(self_theirs, engine.self_influence(train_part), rtol=1e-4)
+
+
+def test_several_summed_influences_come_from_one_pass_and_equal_separate_calls(tiny_run, digits_split):
+    run, train_part, _ = tiny_run
+    _, test_set = digits_split
+    tests = [test_set.subset(torch.arange(i, i + 6)) for i in (0, 10, 20)]
+    engine = TracInCP(run.model, run.checkpoints, batch_size=3)
+    self_scores, summed = engine.self_and_summed_influences(train_part, tests)
+    assert torch.allclose(self_scores, engine.self_influence(train_part), rtol=1e-5)
+    for test, got in zip(tests, summed):
+        expected = engine.influence(train_part, test).sum(1)
+        assert torch.allclose(got, expected, rtol=1e-4, atol=1e-6 * expected.abs().max())
+    assert not torch.allclose(summed[0], summed[1])  # each test set its own sums
+
+
+@pytest.mark.parametrize("order", ["self_first", "test_first"])
+def test_tracin_detectors_of_one_trial_share_one_gradient_pass_whatever_their_order(monkeypatch, order):
+    """Issue 19: tracin_self listed before two tracin_test detectors (each with its own test rows) used to
+    compute the per-sample gradients once for itself and again for the others; the runner now announces
+    every detector's test rows first (``Detector.plan``) and one pass serves all three, with the scores
+    each computes alone."""
+    from poisonlab.experiment import ExperimentConfig, load_splits, run_experiment
+    from poisonlab.trial import method_seed
+
+    passes = []
+    original = TracInCP._pieces
+
+    def counting(self, x, y, state, project):
+        passes.append(len(x))
+        return original(self, x, y, state, project)
+
+    detectors = [{"name": "tracin_self"}, {"id": "opp", "name": "tracin_test", "num_test": 5},
+                 {"id": "pos", "name": "tracin_test", "num_test": 5, "sign": "positive"}]  # fmt: skip
+    if order == "test_first":
+        detectors = detectors[1:] + detectors[:1]
+    config = ExperimentConfig.model_validate(
+        {"seed": 0, "model": "mlp", "data": {"name": "digits", "train_size": 300, "test_size": 50},
+         "train": {"epochs": 2, "checkpoint_every": 1},
+         "attacks": [{"name": "label_flip_random", "count": 10}], "detectors": detectors, "baseline": False}
+    )  # fmt: skip
+    monkeypatch.setattr(TracInCP, "_pieces", counting)
+    art = run_experiment(config).first
+    # 2 checkpoints x (300 training rows + 2 x 5 test rows): one pass; a second pass would add 600 rows
+    assert sum(passes) == 2 * (300 + 10), sum(passes)
+    monkeypatch.setattr(TracInCP, "_pieces", original)
+    run, data = art.run, art.poisoned.data
+    _, test_set, _ = load_splits(config.data, config.seed)
+    np.testing.assert_allclose(
+        art.scores["tracin_self"], self_influence(run.model, run.checkpoints, data).numpy(), rtol=1e-5
+    )
+    for ident, sign in (("opp", -1), ("pos", 1)):  # each its own test rows, drawn from its own stream
+        seed = method_seed(config.seed, "detector", ident)
+        pick = torch.randperm(len(test_set), generator=torch.Generator().manual_seed(seed))[:5]
+        alone = summed_influence(run.model, run.checkpoints, data, test_set.subset(pick)).numpy()
+        tol = 1e-6 * np.abs(alone).max()
+        np.testing.assert_allclose(art.scores[ident], sign * alone, rtol=1e-4, atol=tol)

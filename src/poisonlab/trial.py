@@ -275,6 +275,8 @@ def detect(t: Trial) -> None:
     """Every detector's scores of the released rows, scored against the truth (and per attack)."""
     poisoned, art = t.poisoned, t.artifacts
     is_poison = poisoned.is_poisoned.numpy()
+    for ident, detector in t.methods.detectors:  # announced first: shared passes serve every detector
+        detector.plan(poisoned.data, t.run, test=t.test_set, generator=t.stream("detector", ident))
     for ident, detector in t.methods.detectors:
         with t.timed(f"detect.{ident}"):
             scores = detector.scores(

@@ -76,6 +76,18 @@ class Detector(Method):
         self.check_data(data, test)
         return self._scores(data, run, test=test, generator=generator, **options)
 
+    def plan(
+        self,
+        data: Dataset,
+        run: TrainRun | None,
+        *,
+        test: Dataset | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        """Announce, before any detector of a run scores, the work this one will ask of the run's shared
+        passes (``TrainRun.shared``), so that one pass serves every detector whatever their order (the
+        runner calls it with the arguments it will give :meth:`scores`). Default: nothing to announce."""
+
     def check_data(self, data: Dataset, test: Dataset | None = None) -> None:
         """Reject parameters ``data`` / ``test`` cannot satisfy with a one-line ConfigError, before scoring
         (e.g. more neighbours than rows); :meth:`scores` calls it first."""

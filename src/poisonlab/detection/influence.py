@@ -479,27 +479,42 @@ class TracInCP:
         """Self-influence and the influence summed over ``test`` of every training row, in one pass:
         sum_j g_i . g_j = g_i . (sum_j g_j), so the test rows only contribute their summed gradient."""
         self._check("self_and_summed_influence", train, test)
+        self_scores, (summed,) = self.self_and_summed_influences(train, [test])
+        return self_scores, summed
+
+    def self_and_summed_influences(
+        self, train: Dataset, tests: Sequence[Dataset]
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Self-influence and, for each test set, the influence summed over it, all from one pass over the
+        training rows' per-sample gradients (each test set contributes one summed gradient per checkpoint)."""
+        for test in tests:
+            self._check("self_and_summed_influences", train, test)
         self._setup(train, 0)
         project = self.projection_dim is not None
-        summed = torch.zeros(len(train), dtype=self.dtype)
+        summed = [torch.zeros(len(train), dtype=self.dtype) for _ in tests]
         self_scores = torch.zeros(len(train), dtype=self.dtype)
         tile = None
         step = self.batch_size or 256
         for lr, state in self._checkpoints():
-            totals = None
-            for start in range(0, len(test), step):
-                x, y = test.x[start : start + step], test.y[start : start + step]
-                part = [_total(p) for p in self._pieces(x, y, state, project)]
-                totals = part if totals is None else [a + b for a, b in zip(totals, part)]
-            fixed = sum(t.numel() * t.element_size() for t in totals)
-            tile = tile or self._tile_size(train, 1, fixed)
+            all_totals = []
+            for test in tests:
+                totals = None
+                for start in range(0, len(test), step):
+                    x, y = test.x[start : start + step], test.y[start : start + step]
+                    part = [_total(p) for p in self._pieces(x, y, state, project)]
+                    totals = part if totals is None else [a + b for a, b in zip(totals, part)]
+                all_totals.append(totals)
+            fixed = sum(t.numel() * t.element_size() for totals in all_totals for t in totals)
+            tile = tile or self._tile_size(train, len(tests), fixed)
             for start, x, y in self._tiles(train, tile):
                 pieces = self._pieces(x, y, state, project)
-                summed[start : start + len(x)] += (
-                    lr * sum(_dot_total(p, t) for p, t in zip(pieces, totals)).cpu()
-                )
+                for out, totals in zip(summed, all_totals):
+                    out[start : start + len(x)] += (
+                        lr * sum(_dot_total(p, t) for p, t in zip(pieces, totals)).cpu()
+                    )
                 self_scores[start : start + len(x)] += lr * sum(_sq_norm(p) for p in pieces).cpu()
-        self._check_projection(train, test, summed, "summed_influence")
+        for test, out in zip(tests, summed):
+            self._check_projection(train, test, out, "summed_influence")
         return self_scores, summed
 
     def self_influence(self, data: Dataset) -> torch.Tensor:

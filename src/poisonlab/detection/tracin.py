@@ -57,21 +57,38 @@ class _TracInDetector(Detector):
         parse_bytes(value)  # a size such as '2GB' (rejected with the other parameters, before any work)
         return value
 
+    def _key(self) -> tuple:
+        return ("tracin", tuple(self.layers or ()), self.memory_budget)
+
+    def _planned(self, run: TrainRun, data: Dataset, test: Dataset | None) -> list:
+        """The test-row picks of ``test`` announced for ``data`` by the run's TracIn detectors of these
+        settings (a plan made for another test set is dropped)."""
+        if test is None:
+            return []
+        plan = run.shared(("plan", *self._key()), data, lambda: {"test": test, "picks": []})
+        if plan["test"] is not test:
+            plan["test"], plan["picks"] = test, []
+        return plan["picks"]
+
     def _influence(self, run: TrainRun, data: Dataset, test: Dataset | None, pick: torch.Tensor | None):
-        """Self and summed scores; detectors of one run share one gradient pass (``run.shared``)."""
-        key = ("tracin", tuple(self.layers or ()), self.memory_budget)
+        """(self scores, summed scores of ``pick`` or None): every TracIn detector of a run with the same
+        layers and budget shares one gradient pass, which covers every test-row pick announced by
+        :meth:`plan` (each pick adds one summed gradient per checkpoint, not a pass)."""
         picked = None if pick is None else tuple(pick.tolist())
+        picks = list(dict.fromkeys(self._planned(run, data, test) + ([picked] if picked else [])))
 
         def compute():
             engine = TracInCP(
                 run.model, run.checkpoints, layers=self.layers, memory_budget=self.memory_budget
             )
-            if pick is None:
-                return (engine.self_influence(data), None, None)
-            return (*engine.self_and_summed_influence(data, test.subset(pick)), picked)
+            if not picks:
+                return engine.self_influence(data), {}
+            tests = [test.subset(torch.tensor(p, dtype=torch.int64)) for p in picks]
+            self_scores, summed = engine.self_and_summed_influences(data, tests)
+            return self_scores, dict(zip(picks, summed))
 
-        # self-influence serves every call; the summed scores only a call with the same test rows
-        return run.shared(key, data, compute, fits=lambda hit: picked is None or hit[2] == picked)
+        hit = run.shared(self._key(), data, compute, fits=lambda hit: picked is None or picked in hit[1])
+        return hit[0], (hit[1][picked] if picked is not None else None)
 
 
 @register("detector", "tracin_self")
@@ -79,7 +96,7 @@ class TracInSelf(_TracInDetector):
     """TracInCP self-influence (Pruthi 2020): sum over checkpoints of lr * ||grad l(z)||^2 (no test set)."""
 
     def _scores(self, data, run: TrainRun, *, test=None, generator=None) -> np.ndarray:
-        return self._influence(run, data, None, None)[0].numpy()
+        return self._influence(run, data, test, None)[0].numpy()
 
 
 @register("detector", "tracin_test")
@@ -98,9 +115,16 @@ class TracInTest(_TracInDetector):
         if self.num_test > len(test):  # it would silently draw fewer
             raise ConfigError(f"num_test {self.num_test} exceeds the {len(test)} rows of the test split")
 
-    def _scores(self, data, run: TrainRun, *, test=None, generator=None) -> np.ndarray:
-        # every tracin_test detector of a trial draws the same test points (from the trial's seed)
+    def _pick(self, test: Dataset, generator: torch.Generator | None) -> torch.Tensor:
+        """The ``num_test`` test rows, drawn from the generator's seed (not its state: plan and scores
+        draw the same rows)."""
         seed = generator.initial_seed() if generator is not None else 0
-        pick = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))[: self.num_test]
-        s = self._influence(run, data, test, pick)[1]
+        return torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))[: self.num_test]
+
+    def plan(self, data, run, *, test=None, generator=None) -> None:
+        if run is not None and test is not None and len(test) >= self.num_test:
+            self._planned(run, data, test).append(tuple(self._pick(test, generator).tolist()))
+
+    def _scores(self, data, run: TrainRun, *, test=None, generator=None) -> np.ndarray:
+        s = self._influence(run, data, test, self._pick(test, generator))[1]
         return {"negative": -s, "positive": s, "absolute": s.abs()}[self.sign].numpy()
