@@ -433,20 +433,15 @@ def render_report(
         sections.append(f"<section id='{anchor}'><h2>{escape(title)}</h2>{body}</section>")
         toc.append((anchor, str(title)))
 
-    timings = _flatten(results.get("timings") or {})
-    if timings:
-        sections.append(
-            "<section id='timings'><h2>Timings</h2>"
-            f"{_kv_table(timings, _fmt_seconds, 'timings', ('step', 'time'))}</section>"
-        )
-        toc.append(("timings", "Timings"))
-    versions = _flatten(results.get("versions") or {})
-    if versions:
-        sections.append(
-            "<section id='versions'><h2>Versions</h2>"
-            f"{_kv_table(versions, str, 'versions', ('package', 'version'))}</section>"
-        )
-        toc.append(("versions", "Versions"))
+    for key, title, fmt, head in (
+        ("timings", "Timings", _fmt_seconds, ("step", "time")),
+        ("versions", "Versions", str, ("package", "version")),
+    ):
+        values = _flatten(results.get(key) or {})
+        if values:
+            table = _kv_table(values, fmt, key, head)
+            sections.append(f"<section id='{key}'><h2>{title}</h2>{table}</section>")
+            toc.append((key, title))
     config = escape(_config_text(results.get("config")))
     sections.append(f"<section id='config'><h2>Resolved config</h2><pre>{config}</pre></section>")
     toc.append(("config", "Config"))
