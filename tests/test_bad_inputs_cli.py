@@ -390,6 +390,16 @@ CLI_CASES = [
     ("badnets-target-11", run({"attacks": [{"name": "badnets", "target": 11}]}), r"attacks\[0\]: .*class 11"),
     ("patch-larger-than-image", run({"attacks": [{"name": "badnets", "patch_size": 9}]}), r"patch_size 9"),
     ("train-size-above-data", run({"data.train_size": 100000}), r"data\.train_size 100000 exceeds"),
+    (
+        "knn-removal-k-above-rows",
+        run({"training_defenses": [{"name": "knn_removal", "k": 100000}]}),
+        r"training_defenses\[0\]: knn_removal: k = 100000 is larger than the \d+ rows",
+    ),
+    (
+        "training-defense-unknown",
+        run({"training_defenses": [{"name": "asd"}]}),
+        r"training_defenses\[0\]: unknown training_defense 'asd'; known: epic, frienb, knn_removal",
+    ),
     ("test-size-above-data", run({"data.test_size": 100000}), r"data\.test_size 100000 exceeds"),
     ("holdout-too-large", run({"data.holdout_size": 100000, "detect_with": "holdout"}), r"holdout_size"),
     (

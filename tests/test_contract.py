@@ -22,15 +22,16 @@ from poisonlab import registry
 from poisonlab.attacks import BadNets
 from poisonlab.data import stratified_subset
 from poisonlab.defenses.base import Repair
+from poisonlab.defenses.training import Defended
 from poisonlab.detection import SimulatedDetector
 from poisonlab.errors import ConfigError
 from poisonlab.models import build_model
 from poisonlab.poison import PoisonedDataset
 from poisonlab.purification.base import Purification
 from poisonlab.registry import create
-from poisonlab.training import TrainConfig, TrainRun, train
+from poisonlab.training import TrainConfig, TrainHook, TrainRun, train
 
-KINDS = ("attack", "detector", "defense", "input_detector", "purifier")
+KINDS = ("attack", "detector", "defense", "training_defense", "input_detector", "purifier")
 
 # kind -> name -> (overrides for the contract run, why). Overrides only cut cost (steps, epochs, restarts);
 # every method is also built from its bare defaults in test_builds_from_defaults_and_round_trips.
@@ -81,6 +82,14 @@ SETUP: dict[str, dict[str, tuple[dict, str]]] = {
             {"step": 0.25, "finetune_epochs": 1},
             "5% steps with 2 fine-tuning epochs each by default; 25% steps of one epoch exercise the loop",
         ),
+    },
+    "training_defense": {
+        "knn_removal": ({}, "defaults are cheap"),
+        "epic": (
+            {"drop_after": 1},
+            "rounds from epoch 5 by default; after 1 the 2-epoch contract run has one",
+        ),
+        "frienb": ({"steps": 2}, "30 friendly-noise steps by default; 2 exercise the update"),
     },
     "input_detector": {
         "strip": ({"num_overlays": 16}, "100 overlays per input by default; 16 exercise the entropy"),
@@ -197,6 +206,7 @@ def test_runs_on_digits_and_keeps_its_inputs(kind, name, data, victim, backdoore
         "attack": _check_attack,
         "detector": _check_detector,
         "defense": _check_defense,
+        "training_defense": _check_training_defense,
         "input_detector": _check_input_detector,
         "purifier": _check_purifier,
     }.get(kind)
@@ -292,6 +302,29 @@ def _check_defense(defense, data, victim, backdoored):
     assert [p.shape for p in repaired.parameters()] == [p.shape for p in model.parameters()]
     with torch.no_grad():
         assert repaired.eval()(test_set.x[:4]).shape == model.eval()(test_set.x[:4]).shape
+
+
+def _check_training_defense(defense, data, victim, backdoored):
+    _, test_set = data
+    _, poisoned, run, _ = backdoored
+    released = poisoned.data
+    inputs = [t.clone() for t in (released.x, released.y)]
+    state = _state(run.model)
+    seen = []
+
+    def fit(data, hook=None, desc=""):  # trains as a victim is trained; records what the defense asked
+        seen.append((len(data), hook))
+        model = build_model("cnn", data.input_shape, data.num_classes, seed=0)
+        return train(model, data, TrainConfig(epochs=2, batch_size=64), seed=0, hook=hook)
+
+    out = defense.train(released, fit, victim=run, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(inputs[0], released.x) and torch.equal(inputs[1], released.y)
+    assert _same_state(run.model, state)
+    assert isinstance(out, Defended) and isinstance(out.run, TrainRun) and isinstance(out.info, dict)
+    assert out.removed.dtype == torch.bool and out.removed.shape == (len(released),)
+    assert seen and all(hook is None or isinstance(hook, TrainHook) for _, hook in seen)
+    with torch.no_grad():
+        assert out.run.model.eval()(test_set.x[:4]).shape == (4, 10)
 
 
 def _check_input_detector(detector, data, victim, backdoored):

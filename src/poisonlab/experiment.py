@@ -9,6 +9,9 @@ Model defenses (``defenses:``, e.g. fine-pruning) and input-time detectors (``in
 get a seeded share ``defender_fraction`` of the test set as the defender's clean data and are measured on
 the rest, against the first backdoor attack of the config: ``defense.<id>.clean_accuracy`` and
 ``defense.<id>.attack_success`` (with ``_before``), ``<id>.far`` / ``<id>.frr`` (e.g. ``strip.far``).
+Training-time defenses (``training_defenses:``, e.g. k-NN removal, EPIC) each train a defended victim on the
+released set: ``training_defense.<id>.clean_accuracy``, ``training_defense.<id>.<attack id>.<key>`` (with
+the net value) and the rows they removed scored against the poison mask (``removal_precision`` / ``_recall``).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from poisonlab import data as datalib
 from poisonlab.attacks import Attack
-from poisonlab.defenses import Defense
+from poisonlab.defenses import Defense, TrainingDefense
 from poisonlab.detection import Detector
 from poisonlab.detection.input_time import InputDetector
 from poisonlab.errors import ConfigError, PoisonlabError
@@ -111,6 +114,11 @@ class ExperimentConfig(BaseModel):
     input_detectors: list[dict[str, Any]] = Field(
         default_factory=list, description="input-time detectors run on the victim (strip)"
     )
+    training_defenses: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="training-time defenses (knn_removal, epic, ...): each trains a defended victim on the "
+        "released set beside the undefended one",
+    )
     defender_fraction: float = Field(
         0.5, gt=0, lt=1, description="test-set share given to defenses as clean data; the rest scores them"
     )
@@ -187,6 +195,7 @@ class ExperimentConfig(BaseModel):
             ("attacks", self.build_attacks()),
             ("detectors", self.build_detectors()),
             ("defenses", self.build_defenses()),
+            ("training_defenses", self.build_training_defenses()),
             ("input_detectors", self.build_input_detectors()),
             ("purifiers", self.build_purifiers()),
         ):
@@ -207,6 +216,10 @@ class ExperimentConfig(BaseModel):
     def build_defenses(self) -> list[tuple[str, Defense]]:
         """(id, defense) for each configured model defense, validated."""
         return _build("defense", self.defenses)
+
+    def build_training_defenses(self) -> list[tuple[str, TrainingDefense]]:
+        """(id, defense) for each configured training-time defense, validated."""
+        return _build("training_defense", self.training_defenses)
 
     def build_input_detectors(self) -> list[tuple[str, InputDetector]]:
         """(id, input detector) for each configured input-time detector, validated."""
@@ -231,6 +244,7 @@ class ExperimentConfig(BaseModel):
         out["attacks"] = [{"id": i, **m.spec()} for i, m in self.build_attacks()]
         out["detectors"] = [{"id": i, **m.spec()} for i, m in self.build_detectors()]
         out["defenses"] = [{"id": i, **m.spec()} for i, m in self.build_defenses()]
+        out["training_defenses"] = [{"id": i, **m.spec()} for i, m in self.build_training_defenses()]
         out["input_detectors"] = [{"id": i, **m.spec()} for i, m in self.build_input_detectors()]
         out["purifiers"] = [{"id": i, **m.spec()} for i, m in self.build_purifiers()]
         reference = self.build_reference()
@@ -238,7 +252,9 @@ class ExperimentConfig(BaseModel):
         return out
 
 
-_METRIC_GROUPS = {"victim", "twin", "extractor", "attack", "detection", "defense", "purification"}
+_METRIC_GROUPS = {
+    "victim", "twin", "extractor", "attack", "detection", "defense", "training_defense", "purification"
+}  # fmt: skip
 
 
 def _build(kind: str, specs: list[dict[str, Any]]):
@@ -436,7 +452,7 @@ def check_data(config: ExperimentConfig, train_set, test_set, holdout=None, *, d
         raise ConfigError(f"data: the training split holds {present} class(es); a classifier needs 2")
     for where, method in config.methods():
         try:
-            if where.startswith(("attacks", "detectors", "reference")):
+            if where.startswith(("attacks", "detectors", "training_defenses", "reference")):
                 method.check_data(train_set, test_set)
         except PoisonlabError as err:
             raise type(err)(f"{where}: {err}") from None

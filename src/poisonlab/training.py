@@ -101,6 +101,24 @@ class TrainRun:
         return entry[1]
 
 
+class TrainHook:
+    """How a training-time defense changes :func:`train`: which rows each epoch trains on and how a batch's
+    inputs look. The default hook changes nothing. In the transfer setting (:func:`train_head`) the hook sees
+    the frozen features, unless it transforms inputs (``transforms_inputs``): then the head trains on images
+    through the frozen body, one forward pass of it per batch."""
+
+    transforms_inputs: bool = False
+
+    def rows(self, epoch: int, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+        """Indices of the rows ``epoch`` (1-based) trains on, decided before the epoch from the model so far
+        and the training inputs ``x`` (features in the transfer setting) and labels ``y``; None: every row."""
+        return None
+
+    def inputs(self, xb: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """A training batch's inputs as the model sees them (after augmentation)."""
+        return xb
+
+
 def augment_batch(x: torch.Tensor, generator: torch.Generator, hflip: bool = True) -> torch.Tensor:
     """Random crop after zero padding by H/8 (at least 1 pixel) and random horizontal flip, batched."""
     n, c, h, w = x.shape
@@ -155,8 +173,10 @@ def train(
     eval_data: Dataset | None = None,
     progress: bool = False,
     desc: str = "train",
+    hook: TrainHook | None = None,
 ) -> TrainRun:
-    """Train ``model`` in place on ``data`` and return the run with its checkpoints and history."""
+    """Train ``model`` in place on ``data`` and return the run with its checkpoints and history; a ``hook``
+    (a training-time defense) chooses each epoch's rows and transforms the batches."""
     config = check_training("train", model, data, config, seed, eval_data)
     if not any(p.requires_grad for p in model.parameters()):
         raise ConfigError("train: model has no trainable parameter (every requires_grad is off)")
@@ -177,13 +197,20 @@ def train(
         lr = config.lr_at(epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        active = hook.rows(epoch, model, x, y) if hook is not None else None
         model.train()
-        order = torch.randperm(len(data), generator=generator).to(device)
+        if active is None:
+            order = torch.randperm(len(data), generator=generator).to(device)
+        else:
+            active = active.to(device)
+            order = active[torch.randperm(len(active), generator=generator).to(device)]
         total_loss, correct = 0.0, 0
         for batch in order.split(config.batch_size):
             xb, yb = x[batch], y[batch]
             if config.augment:
                 xb = augment_batch(xb, generator, config.hflip)
+            if hook is not None:
+                xb = hook.inputs(xb, generator)
             logits = model(xb)
             loss = F.cross_entropy(logits, yb)
             optimizer.zero_grad(set_to_none=True)
@@ -195,12 +222,10 @@ def train(
             raise ConfigError(
                 f"training diverged at epoch {epoch} (loss is not finite): lower the learning rate"
             )
-        record = {
-            "epoch": epoch,
-            "lr": lr,
-            "loss": total_loss / len(data),
-            "train_accuracy": correct / len(data),
-        }
+        seen = max(1, len(order))
+        record = {"epoch": epoch, "lr": lr, "loss": total_loss / seen, "train_accuracy": correct / seen}
+        if active is not None:
+            record["rows"] = len(order)
         if eval_data is not None:
             record["test_accuracy"] = accuracy(model, eval_data)
         history.append(record)
@@ -224,6 +249,7 @@ def train_head(
     eval_data: Dataset | None = None,
     progress: bool = False,
     desc: str = "train head",
+    hook: TrainHook | None = None,
 ) -> TrainRun:
     """Transfer setting: a copy of ``model`` whose feature extractor stays frozen and whose head is
     re-initialised (seeded) and trained on ``data`` with ``config`` (no augmentation: the features of each
@@ -244,6 +270,16 @@ def train_head(
         victim.head.reset_parameters()
     victim.head.requires_grad_(True)
 
+    if hook is not None and hook.transforms_inputs:  # the noise goes on images: the body runs per batch
+        run = train(
+            _FrozenBody(victim), data, config, seed=seed, eval_data=eval_data, progress=progress, desc=desc,
+            hook=hook,
+        )  # fmt: skip
+        for ckpt in run.checkpoints:
+            ckpt.state = {k.removeprefix("model."): v for k, v in ckpt.state.items()}
+        victim.cpu().eval()
+        return TrainRun(victim, run.checkpoints, run.history, run.seconds)
+
     def as_features(d: Dataset) -> Dataset:
         with torch.no_grad():
             f = torch.cat([victim.features(xb) for xb in d.x.split(1024)]) if len(d) else d.x.flatten(1)
@@ -251,12 +287,31 @@ def train_head(
 
     head = nn.Sequential(nn.Flatten(), victim.head)
     evals = as_features(eval_data) if eval_data is not None else None
-    run = train(head, as_features(data), config, seed=seed, eval_data=evals, progress=progress, desc=desc)
+    run = train(
+        head, as_features(data), config, seed=seed, eval_data=evals, progress=progress, desc=desc, hook=hook
+    )
     body = {k: v.detach().clone() for k, v in victim.state_dict().items() if not k.startswith("head.")}
     for ckpt in run.checkpoints:
         ckpt.state = {**body, **{f"head.{k.split('.', 1)[1]}": v for k, v in ckpt.state.items()}}
     victim.cpu().eval()
     return TrainRun(victim, run.checkpoints, run.history, run.seconds)
+
+
+class _FrozenBody(nn.Module):
+    """A transfer victim trained through its frozen body, which stays in eval mode while the head trains."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.model.eval()
+        self.model.head.train(mode)
+        return self
+
+    def forward(self, x):
+        return self.model(x)
 
 
 @torch.no_grad()

@@ -1,12 +1,13 @@
 """One trial of an experiment: a :class:`Trial` record carried through short stages.
 
 prepare (the transfer setting's frozen extractor) -> craft -> train (the victim and its clean twin) ->
-evaluate the attacks -> detect -> record examples -> defend -> purify. Each stage reads and writes the
-trial instead of a dozen arguments. Methods are built once per trial from the validated config, and each
-contributes its own report records and figures through two hooks (``Attack.report_record`` and
-``Method.figures``), so no stage names a method family. One ``seed`` fixes every random choice: trial ``t``
-uses ``seed + t`` for its models and data, and each method draws from its own stream derived from that seed,
-its role and its id (:func:`method_seed`), so adding or reordering a method never shifts another's draws.
+evaluate the attacks -> train the defended victims (training-time defenses) -> detect -> record examples ->
+defend -> purify. Each stage reads and writes the trial instead of a dozen arguments. Methods are built once
+per trial from the validated config, and each contributes its own report records and figures through two
+hooks (``Attack.report_record`` and ``Method.figures``), so no stage names a method family. One ``seed``
+fixes every random choice: trial ``t`` uses ``seed + t`` for its models and data, and each method draws from
+its own stream derived from that seed, its role and its id (:func:`method_seed`), so adding or reordering a
+method never shifts another's draws.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from poisonlab.metrics import detection_metrics, mad_threshold
 from poisonlab.models import build_model
 from poisonlab.poison import PoisonedDataset
 from poisonlab.registry import Method
-from poisonlab.training import TrainRun, accuracy, train, train_head
+from poisonlab.training import TrainHook, TrainRun, accuracy, train, train_head
 
 if TYPE_CHECKING:
     from poisonlab.experiment import ExperimentConfig
@@ -51,6 +52,7 @@ class Methods:
     detectors: list[tuple[str, Any]]
     input_detectors: list[tuple[str, Any]]
     defenses: list[tuple[str, Any]]
+    training_defenses: list[tuple[str, Any]]
     reference: Any
     purifiers: list[tuple[str, Any]]
 
@@ -58,7 +60,8 @@ class Methods:
     def build(cls, config: ExperimentConfig) -> Methods:
         return cls(
             config.build_attacks(), config.build_detectors(), config.build_input_detectors(),
-            config.build_defenses(), config.build_reference(), config.build_purifiers(),
+            config.build_defenses(), config.build_training_defenses(), config.build_reference(),
+            config.build_purifiers(),
         )  # fmt: skip
 
 
@@ -132,18 +135,20 @@ class Trial:
                 self._clean_twin = self.fit(self.train_set, f"trial {self.index + 1}: twin without poisons")
         return self._clean_twin
 
-    def fit(self, data: Dataset, desc: str) -> TrainRun:
-        """Train a model as the victim is trained (its head only, in the transfer setting)."""
+    def fit(self, data: Dataset, desc: str = "", hook: TrainHook | None = None) -> TrainRun:
+        """Train a model as the victim is trained (its head only, in the transfer setting); a training-time
+        defense's ``hook`` chooses the rows of each epoch and transforms the batches."""
         config, seed = self.config, self.seed
         if self.extractor is not None:
             return train_head(
                 self.extractor, data, config.head_train or config.train, seed=seed, eval_data=self.test_set,
-                progress=self.progress, desc=desc,
+                progress=self.progress, desc=desc, hook=hook,
             )  # fmt: skip
         model = build_model(config.model, data.input_shape, data.num_classes, seed=seed)
         return train(
-            model, data, config.train, seed=seed, eval_data=self.test_set, progress=self.progress, desc=desc
-        )
+            model, data, config.train, seed=seed, eval_data=self.test_set, progress=self.progress, desc=desc,
+            hook=hook,
+        )  # fmt: skip
 
     def evaluate_attacks(self, prefix: str, model: nn.Module) -> None:
         """Each attack's metrics on ``model`` under ``prefix.<id>.``, with ``twin_<key>`` (the same target or
@@ -247,6 +252,35 @@ def train_models(t: Trial) -> None:
         m["twin.clean_accuracy"] = accuracy(t.twin.model, t.eval_set)
         m["attack.accuracy_drop"] = m["twin.clean_accuracy"] - m["victim.clean_accuracy"]
     t.evaluate_attacks("attack", t.victim.model)
+
+
+def train_defended(t: Trial) -> None:
+    """Each training-time defense trains a defended victim on the released rows: its accuracy, every
+    attack's success on it (net of the twin) and the rows it removed, scored against the poison mask."""
+    poisoned, m = t.poisoned, t.metrics
+    is_poison = poisoned.is_poisoned
+    for ident, defense in t.methods.training_defenses:
+        prefix = f"training_defense.{ident}"
+
+        def fit(data: Dataset, hook: TrainHook | None = None, desc: str = "", _id: str = ident) -> TrainRun:
+            return t.fit(data, f"trial {t.index + 1}: {_id} {desc}".rstrip(), hook=hook)
+
+        with t.timed(prefix):
+            out = defense.train(
+                poisoned.data, fit, victim=t.victim, generator=t.stream("training_defense", ident)
+            )
+        m[f"{prefix}.clean_accuracy"] = accuracy(out.run.model, t.eval_set)
+        m[f"{prefix}.accuracy_drop"] = m["victim.clean_accuracy"] - m[f"{prefix}.clean_accuracy"]
+        removed = out.removed
+        m[f"{prefix}.removed_fraction"] = float(removed.float().mean())
+        m[f"{prefix}.removal_precision"] = (
+            float(is_poison[removed].float().mean()) if removed.any() else float("nan")
+        )
+        if is_poison.any():
+            m[f"{prefix}.removal_recall"] = float(removed[is_poison].float().mean())
+        t.evaluate_attacks(prefix, out.run.model)
+        record = {"name": defense.name, "history": out.run.history, **out.info}
+        t.artifacts.figure_sources.append((defense, ident, record))
 
 
 def detection_model(t: Trial) -> None:
@@ -408,7 +442,17 @@ def purify(t: Trial) -> None:
         t.artifacts.figure_sources.append((purifier, ident, record))
 
 
-STAGES = (prepare, craft, train_models, detection_model, detect, attack_examples, defend, purify)
+STAGES = (
+    prepare,
+    craft,
+    train_models,
+    detection_model,
+    train_defended,
+    detect,
+    attack_examples,
+    defend,
+    purify,
+)
 
 
 def run_trial(

@@ -39,6 +39,13 @@ DEFAULT_TABLES = (
     ("Defense: attack success after repair", "defense.{defense}.attack_success"),
     ("Defense: net attack success after repair", "defense.{defense}.net_attack_success"),
     ("Defense: clean accuracy after repair", "defense.{defense}.clean_accuracy"),
+    ("Training-time defense: clean accuracy", "training_defense.{defense}.clean_accuracy"),
+    ("Training-time defense: attack success", "training_defense.{defense}.{attack}.success_rate"),
+    ("Training-time defense: net attack success", "training_defense.{defense}.{attack}.net_success_rate"),
+    ("Training-time defense: targeted success", "training_defense.{defense}.{attack}.success"),
+    ("Training-time defense: net targeted success", "training_defense.{defense}.{attack}.net_success"),
+    ("Training-time defense: poisons removed (recall)", "training_defense.{defense}.removal_recall"),
+    ("Training-time defense: share of rows removed", "training_defense.{defense}.removed_fraction"),
     ("Purification: test accuracy after retraining", "purification.{purifier}.clean_accuracy"),
     ("Purification: attack success after retraining", "purification.{purifier}.{attack}.success_rate"),
     (

@@ -1,6 +1,22 @@
-"""Model defenses (repair a trained model with clean data); importing the package registers them."""
+"""Defenses: model repairs (a trained model and clean data in, a repaired model out) and training-time
+defenses (they change how the victim trains); importing the package registers them."""
 
 from poisonlab.defenses.base import Defense
+from poisonlab.defenses.epic import EPIC
 from poisonlab.defenses.fine_pruning import ChannelMask, FinePruning, channel_activations, mask_last_conv
+from poisonlab.defenses.frienb import FrienB
+from poisonlab.defenses.knn_removal import KNNRemoval
+from poisonlab.defenses.training import Defended, TrainingDefense
 
-__all__ = ["ChannelMask", "Defense", "FinePruning", "channel_activations", "mask_last_conv"]
+__all__ = [
+    "ChannelMask",
+    "Defended",
+    "Defense",
+    "EPIC",
+    "FinePruning",
+    "FrienB",
+    "KNNRemoval",
+    "TrainingDefense",
+    "channel_activations",
+    "mask_last_conv",
+]

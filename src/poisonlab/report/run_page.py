@@ -28,7 +28,7 @@ from poisonlab.report.figures import (
 from poisonlab.report.page import escape, fmt_num, header, img_tag, is_number, page, slug
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_GROUP_ORDER = ("victim", "twin", "attack", "purification", "defense", "detection")
+_GROUP_ORDER = ("victim", "twin", "attack", "purification", "training_defense", "defense", "detection")
 
 
 @dataclass
@@ -275,6 +275,20 @@ def _headline_section(results: Mapping) -> str:
     if rows:
         head = ["defense", "success before", "success after", "net after", "accuracy before", "after"]
         parts.append("<h3>Defenses, %</h3>" + table(head, rows))
+    rows = []
+    for ident in ids("training_defense.", ("clean_accuracy",)):
+        d = f"training_defense.{ident}"
+        for attack, key in success.items():
+            rows.append(
+                f"<tr><td class='name'>{escape(ident)} / {escape(attack)}</td>"
+                f"{cell(f'attack.{attack}.{key}')}{cell(f'{d}.{attack}.{key}')}"
+                f"{cell(f'{d}.{attack}.net_{key}', signed=True)}{cell(f'{d}.clean_accuracy')}"
+                f"{cell(f'{d}.removal_recall')}{cell(f'{d}.removed_fraction')}</tr>"
+            )
+    if rows:
+        head = ["defense / attack", "success undefended", "defended", "net defended", "accuracy defended",
+                "poisons removed", "rows removed"]  # fmt: skip
+        parts.append("<h3>Training-time defenses, %</h3>" + table(head, rows))
     rows = [
         f"<tr><td class='name'>{escape(ident)}</td>{cell(f'{ident}.far')}{cell(f'{ident}.frr')}"
         f"{cell(f'{ident}.auroc', 1.0)}</tr>"

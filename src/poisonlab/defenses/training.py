@@ -1,0 +1,78 @@
+"""The training-time defense interface: a defense that changes how the victim is trained (drop, reweight,
+split or add noise while training), as opposed to a repair of a trained model (:class:`Defense`).
+
+    train(data, fit, *, victim, generator) -> Defended
+
+``fit(data, hook=None, desc=...)`` trains a model exactly as the experiment trains its victim (from scratch,
+or the last layer over a frozen extractor in the transfer setting), with an optional
+:class:`~poisonlab.training.TrainHook` that chooses each epoch's rows and transforms the batches. ``victim``
+is the undefended victim (a defense that filters before training may read its features, as Deep k-NN does).
+A defense reports which rows it left out of the final training (``removed``), so the runner can score its
+removals against the poison mask (evaluation only, never shown to the defense).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from poisonlab.checks import check_dataset, check_generator
+from poisonlab.data import Dataset
+from poisonlab.errors import ConfigError
+from poisonlab.registry import Method
+from poisonlab.training import TrainRun
+
+
+@dataclass
+class Defended:
+    """The defended model's run, the rows the defense left out of its final epoch (bool, one per input
+    row) and a per-step record for the report (e.g. rows dropped per round)."""
+
+    run: TrainRun
+    removed: torch.Tensor
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class TrainingDefense(Method):
+    """Base of every training-time defense: :meth:`train` validates its arguments, then calls ``_train``."""
+
+    kind = "training_defense"
+
+    def check_data(self, data: Dataset, test: Dataset | None = None) -> None:
+        """Refuse data this defense cannot run on (checked before any training); nothing by default."""
+
+    def train(
+        self,
+        data: Dataset,
+        fit: Callable[..., TrainRun],
+        *,
+        victim: TrainRun | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Defended:
+        """Train a defended model on ``data`` through ``fit``; ``victim``: the undefended run, if any."""
+        where = f"{self.name or type(self).__name__}.train"
+        check_dataset(data, where, "data")
+        if not callable(fit):
+            raise ConfigError(f"{where}: fit must be callable (data, hook=None, desc='') -> TrainRun")
+        if victim is not None and not isinstance(victim, TrainRun):
+            raise ConfigError(f"{where}: victim must be a TrainRun, got {type(victim).__name__}")
+        if generator is not None:
+            check_generator(generator, where)
+        self.check_data(data)
+        out = self._train(data, fit, victim=victim, generator=generator or torch.Generator().manual_seed(0))
+        if out.removed.dtype != torch.bool or out.removed.shape != (len(data),):
+            raise AssertionError(f"{where}: removed must be a bool mask over the {len(data)} rows")
+        return out
+
+    def _train(
+        self,
+        data: Dataset,
+        fit: Callable[..., TrainRun],
+        *,
+        victim: TrainRun | None,
+        generator: torch.Generator,
+    ) -> Defended:
+        raise NotImplementedError
