@@ -90,6 +90,7 @@ SETUP: dict[str, dict[str, tuple[dict, str]]] = {
             "rounds from epoch 5 by default; after 1 the 2-epoch contract run has one",
         ),
         "frienb": ({"steps": 2}, "30 friendly-noise steps by default; 2 exercise the update"),
+        "cbd": ({"backdoor_epochs": 1}, "a 2-epoch backdoored model by default; 1 exercises the reweighting"),
     },
     "input_detector": {
         "strip": ({"num_overlays": 16}, "100 overlays per input by default; 16 exercise the entropy"),
@@ -312,10 +313,10 @@ def _check_training_defense(defense, data, victim, backdoored):
     state = _state(run.model)
     seen = []
 
-    def fit(data, hook=None, desc=""):  # trains as a victim is trained; records what the defense asked
+    def fit(data, hook=None, desc="", epochs=None):  # trains as a victim is trained; records the requests
         seen.append((len(data), hook))
         model = build_model("cnn", data.input_shape, data.num_classes, seed=0)
-        return train(model, data, TrainConfig(epochs=2, batch_size=64), seed=0, hook=hook)
+        return train(model, data, TrainConfig(epochs=epochs or 2, batch_size=64), seed=0, hook=hook)
 
     out = defense.train(released, fit, victim=run, generator=torch.Generator().manual_seed(0))
     assert torch.equal(inputs[0], released.x) and torch.equal(inputs[1], released.y)

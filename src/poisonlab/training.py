@@ -102,12 +102,13 @@ class TrainRun:
 
 
 class TrainHook:
-    """How a training-time defense changes :func:`train`: which rows each epoch trains on and how a batch's
-    inputs look. The default hook changes nothing. In the transfer setting (:func:`train_head`) the hook sees
-    the frozen features, unless it transforms inputs (``transforms_inputs``): then the head trains on images
-    through the frozen body, one forward pass of it per batch."""
+    """How a training-time defense changes :func:`train`: which rows each epoch trains on, how a batch's
+    inputs look and how its loss is weighed. The default hook changes nothing. In the transfer setting
+    (:func:`train_head`) the hook sees the frozen features, unless it reads images (``reads_images``: it
+    transforms them, or runs another model on them): then the head trains through the frozen body, one
+    forward pass of it per batch."""
 
-    transforms_inputs: bool = False
+    reads_images: bool = False
 
     def rows(self, epoch: int, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
         """Indices of the rows ``epoch`` (1-based) trains on, decided before the epoch from the model so far
@@ -117,6 +118,10 @@ class TrainHook:
     def inputs(self, xb: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """A training batch's inputs as the model sees them (after augmentation)."""
         return xb
+
+    def loss(self, logits: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        """The batch's training loss (mean cross-entropy by default; a reweighting defense changes it)."""
+        return F.cross_entropy(logits, yb)
 
 
 def augment_batch(x: torch.Tensor, generator: torch.Generator, hflip: bool = True) -> torch.Tensor:
@@ -212,7 +217,7 @@ def train(
             if hook is not None:
                 xb = hook.inputs(xb, generator)
             logits = model(xb)
-            loss = F.cross_entropy(logits, yb)
+            loss = hook.loss(logits, xb, yb) if hook is not None else F.cross_entropy(logits, yb)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -270,7 +275,7 @@ def train_head(
         victim.head.reset_parameters()
     victim.head.requires_grad_(True)
 
-    if hook is not None and hook.transforms_inputs:  # the noise goes on images: the body runs per batch
+    if hook is not None and hook.reads_images:  # the hook works on images: the body runs per batch
         run = train(
             _FrozenBody(victim), data, config, seed=seed, eval_data=eval_data, progress=progress, desc=desc,
             hook=hook,

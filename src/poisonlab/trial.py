@@ -13,6 +13,7 @@ method never shifts another's draws.
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -135,18 +136,25 @@ class Trial:
                 self._clean_twin = self.fit(self.train_set, f"trial {self.index + 1}: twin without poisons")
         return self._clean_twin
 
-    def fit(self, data: Dataset, desc: str = "", hook: TrainHook | None = None) -> TrainRun:
+    def fit(
+        self, data: Dataset, desc: str = "", hook: TrainHook | None = None, epochs: int | None = None
+    ) -> TrainRun:
         """Train a model as the victim is trained (its head only, in the transfer setting); a training-time
-        defense's ``hook`` chooses the rows of each epoch and transforms the batches."""
+        defense's ``hook`` chooses the rows of each epoch and transforms the batches, and ``epochs`` cuts
+        the schedule short (its first epochs, the milestones within them)."""
         config, seed = self.config, self.seed
+        schedule = config.head_train or config.train if self.extractor is not None else config.train
+        if epochs is not None and epochs < schedule.epochs:
+            kept = tuple(m for m in schedule.milestones if m <= epochs)
+            schedule = schedule.model_copy(update={"epochs": epochs, "milestones": kept})
         if self.extractor is not None:
             return train_head(
-                self.extractor, data, config.head_train or config.train, seed=seed, eval_data=self.test_set,
-                progress=self.progress, desc=desc, hook=hook,
+                self.extractor, data, schedule, seed=seed, eval_data=self.test_set, progress=self.progress,
+                desc=desc, hook=hook,
             )  # fmt: skip
         model = build_model(config.model, data.input_shape, data.num_classes, seed=seed)
         return train(
-            model, data, config.train, seed=seed, eval_data=self.test_set, progress=self.progress, desc=desc,
+            model, data, schedule, seed=seed, eval_data=self.test_set, progress=self.progress, desc=desc,
             hook=hook,
         )  # fmt: skip
 
@@ -262,8 +270,8 @@ def train_defended(t: Trial) -> None:
     for ident, defense in t.methods.training_defenses:
         prefix = f"training_defense.{ident}"
 
-        def fit(data: Dataset, hook: TrainHook | None = None, desc: str = "", _id: str = ident) -> TrainRun:
-            return t.fit(data, f"trial {t.index + 1}: {_id} {desc}".rstrip(), hook=hook)
+        def fit(data: Dataset, hook=None, desc: str = "", epochs=None, _id: str = ident) -> TrainRun:
+            return t.fit(data, f"trial {t.index + 1}: {_id} {desc}".rstrip(), hook=hook, epochs=epochs)
 
         with t.timed(prefix):
             out = defense.train(
@@ -278,6 +286,11 @@ def train_defended(t: Trial) -> None:
         )
         if is_poison.any():
             m[f"{prefix}.removal_recall"] = float(removed[is_poison].float().mean())
+        if out.weights is not None:  # a reweighting defense: the poisons' mean weight against the clean rows'
+            m[f"{prefix}.poison_weight"] = (
+                float(out.weights[is_poison].mean()) if is_poison.any() else math.nan
+            )
+            m[f"{prefix}.clean_weight"] = float(out.weights[~is_poison].mean())
         t.evaluate_attacks(prefix, out.run.model)
         record = {"name": defense.name, "history": out.run.history, **out.info}
         t.artifacts.figure_sources.append((defense, ident, record))

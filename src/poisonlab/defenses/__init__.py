@@ -2,6 +2,7 @@
 defenses (they change how the victim trains); importing the package registers them."""
 
 from poisonlab.defenses.base import Defense
+from poisonlab.defenses.cbd import CBD
 from poisonlab.defenses.epic import EPIC
 from poisonlab.defenses.fine_pruning import ChannelMask, FinePruning, channel_activations, mask_last_conv
 from poisonlab.defenses.frienb import FrienB
@@ -9,6 +10,7 @@ from poisonlab.defenses.knn_removal import KNNRemoval
 from poisonlab.defenses.training import Defended, TrainingDefense
 
 __all__ = [
+    "CBD",
     "ChannelMask",
     "Defended",
     "Defense",

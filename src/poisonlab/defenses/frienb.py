@@ -26,7 +26,7 @@ from poisonlab.training import TrainHook
 class BernoulliNoise(TrainHook):
     """Adds +-eps (probability 1/2 each) to every input value of every training batch."""
 
-    transforms_inputs = True
+    reads_images = True
 
     def __init__(self, eps: float):
         self.eps = eps

@@ -3,9 +3,10 @@ split or add noise while training), as opposed to a repair of a trained model (:
 
     train(data, fit, *, victim, generator) -> Defended
 
-``fit(data, hook=None, desc=...)`` trains a model exactly as the experiment trains its victim (from scratch,
-or the last layer over a frozen extractor in the transfer setting), with an optional
-:class:`~poisonlab.training.TrainHook` that chooses each epoch's rows and transforms the batches. ``victim``
+``fit(data, hook=None, desc="", epochs=None)`` trains a model exactly as the experiment trains its victim
+(from scratch, or the last layer over a frozen extractor in the transfer setting), with an optional
+:class:`~poisonlab.training.TrainHook` that chooses each epoch's rows, transforms the batches and weighs
+their loss, and optionally only the schedule's first ``epochs``. ``victim``
 is the undefended victim (a defense that filters before training may read its features, as Deep k-NN does).
 A defense reports which rows it left out of the final training (``removed``), so the runner can score its
 removals against the poison mask (evaluation only, never shown to the defense).
@@ -29,11 +30,13 @@ from poisonlab.training import TrainRun
 @dataclass
 class Defended:
     """The defended model's run, the rows the defense left out of its final epoch (bool, one per input
-    row) and a per-step record for the report (e.g. rows dropped per round)."""
+    row), a per-step record for the report (e.g. rows dropped per round) and, for a reweighting defense,
+    each row's final weight (mean 1)."""
 
     run: TrainRun
     removed: torch.Tensor
     info: dict[str, Any] = field(default_factory=dict)
+    weights: torch.Tensor | None = None
 
 
 class TrainingDefense(Method):
@@ -56,7 +59,9 @@ class TrainingDefense(Method):
         where = f"{self.name or type(self).__name__}.train"
         check_dataset(data, where, "data")
         if not callable(fit):
-            raise ConfigError(f"{where}: fit must be callable (data, hook=None, desc='') -> TrainRun")
+            raise ConfigError(
+                f"{where}: fit must be callable (data, hook=None, desc='', epochs=None) -> TrainRun"
+            )
         if victim is not None and not isinstance(victim, TrainRun):
             raise ConfigError(f"{where}: victim must be a TrainRun, got {type(victim).__name__}")
         if generator is not None:
@@ -66,6 +71,13 @@ class TrainingDefense(Method):
         if out.removed.dtype != torch.bool or out.removed.shape != (len(data),):
             raise AssertionError(f"{where}: removed must be a bool mask over the {len(data)} rows")
         return out
+
+    def figures(self, ident: str, record: dict[str, Any]) -> dict[str, bytes]:
+        """The defended victim's training history (loss, accuracy, rows trained on per epoch)."""
+        from poisonlab.report.figures import history_png
+
+        png = history_png(record.get("history") or [])
+        return {f"Training-time defense {ident}: the defended victim's training": png} if png else {}
 
     def _train(
         self,

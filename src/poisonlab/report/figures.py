@@ -216,6 +216,7 @@ def history_png(history: list[dict]) -> bytes | None:
         "loss": [k for k in keys if "loss" in k.lower()],
         "accuracy": [k for k in keys if "acc" in k.lower()],
         "learning rate": [k for k in keys if k.lower() in ("lr", "learning_rate")],
+        "rows trained on": [k for k in keys if k == "rows"],  # a training-time defense that drops rows
     }
     panels = {title: ks for title, ks in panels.items() if ks}
     if not panels:
