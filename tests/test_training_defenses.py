@@ -194,6 +194,7 @@ def test_cbd_weighs_down_backdoor_poisons_and_the_trigger_stops_working(data_roo
     assert m["attack.badnets.net_success_rate"] > 0.8
     assert m[f"{d}.badnets.net_success_rate"] < 0.2, m[f"{d}.badnets.net_success_rate"]
     assert m[f"{d}.poison_weight"] < 0.3 * m[f"{d}.clean_weight"]
+    assert m[f"{d}.downweighting_recall"] > 0.7 and m[f"{d}.downweighting_precision"] > 0.3  # poisons: 10%
     assert m["victim.clean_accuracy"] - m[f"{d}.clean_accuracy"] < 0.05
 
 

@@ -11,7 +11,8 @@ the rest, against the first backdoor attack of the config: ``defense.<id>.clean_
 ``defense.<id>.attack_success`` (with ``_before``), ``<id>.far`` / ``<id>.frr`` (e.g. ``strip.far``).
 Training-time defenses (``training_defenses:``, e.g. k-NN removal, EPIC) each train a defended victim on the
 released set: ``training_defense.<id>.clean_accuracy``, ``training_defense.<id>.<attack id>.<key>`` (with
-the net value) and the rows they removed scored against the poison mask (``removal_precision`` / ``_recall``).
+the net value) and the rows they removed scored against the poison mask (``removal_precision`` / ``_recall``;
+``downweighting_*`` for the rows a reweighting defense weighs below 1/2).
 """
 
 from __future__ import annotations

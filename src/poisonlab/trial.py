@@ -279,21 +279,36 @@ def train_defended(t: Trial) -> None:
             )
         m[f"{prefix}.clean_accuracy"] = accuracy(out.run.model, t.eval_set)
         m[f"{prefix}.accuracy_drop"] = m["victim.clean_accuracy"] - m[f"{prefix}.clean_accuracy"]
-        removed = out.removed
-        m[f"{prefix}.removed_fraction"] = float(removed.float().mean())
-        m[f"{prefix}.removal_precision"] = (
-            float(is_poison[removed].float().mean()) if removed.any() else float("nan")
+        m.update(
+            _set_scores(
+                prefix, ("removed_fraction", "removal_precision", "removal_recall"), out.removed, is_poison
+            )
         )
-        if is_poison.any():
-            m[f"{prefix}.removal_recall"] = float(removed[is_poison].float().mean())
         if out.weights is not None:  # a reweighting defense: the poisons' mean weight against the clean rows'
             m[f"{prefix}.poison_weight"] = (
                 float(out.weights[is_poison].mean()) if is_poison.any() else math.nan
             )
             m[f"{prefix}.clean_weight"] = float(out.weights[~is_poison].mean())
+            keys = ("downweighted_fraction", "downweighting_precision", "downweighting_recall")
+            m.update(_set_scores(prefix, keys, out.weights < 0.5, is_poison))
         t.evaluate_attacks(prefix, out.run.model)
         record = {"name": defense.name, "history": out.run.history, **out.info}
         t.artifacts.figure_sources.append((defense, ident, record))
+
+
+def _set_scores(
+    prefix: str, keys: tuple[str, str, str], rows: torch.Tensor, is_poison: torch.Tensor
+) -> dict[str, float]:
+    """A set of rows a defense singled out, against the poison mask (evaluation only), under ``keys``: its
+    share of all rows, the poisons among them (precision) and the poisons it holds (recall)."""
+    share, precision, recall = (f"{prefix}.{k}" for k in keys)
+    out = {
+        share: float(rows.float().mean()),
+        precision: float(is_poison[rows].float().mean()) if rows.any() else math.nan,
+    }
+    if is_poison.any():
+        out[recall] = float(rows[is_poison].float().mean())
+    return out
 
 
 def detection_model(t: Trial) -> None:

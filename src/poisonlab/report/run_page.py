@@ -283,11 +283,12 @@ def _headline_section(results: Mapping) -> str:
                 f"<tr><td class='name'>{escape(ident)} / {escape(attack)}</td>"
                 f"{cell(f'attack.{attack}.{key}')}{cell(f'{d}.{attack}.{key}')}"
                 f"{cell(f'{d}.{attack}.net_{key}', signed=True)}{cell(f'{d}.clean_accuracy')}"
-                f"{cell(f'{d}.removal_recall')}{cell(f'{d}.removed_fraction')}</tr>"
+                f"{cell(f'{d}.removal_recall')}{cell(f'{d}.removed_fraction')}"
+                f"{cell(f'{d}.poison_weight', 1.0)}</tr>"
             )
     if rows:
         head = ["defense / attack", "success undefended", "defended", "net defended", "accuracy defended",
-                "poisons removed", "rows removed"]  # fmt: skip
+                "poisons removed", "rows removed", "poisons' mean weight (clean ~1)"]  # fmt: skip
         parts.append("<h3>Training-time defenses, %</h3>" + table(head, rows))
     rows = [
         f"<tr><td class='name'>{escape(ident)}</td>{cell(f'{ident}.far')}{cell(f'{ident}.frr')}"
