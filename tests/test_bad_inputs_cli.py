@@ -396,6 +396,11 @@ CLI_CASES = [
         r"training_defenses\[0\]: knn_removal: k = 100000 is larger than the \d+ rows",
     ),
     (
+        "dotted-method-id",
+        run({"training_defenses": [{"name": "epic", "id": "EPIC-0.1"}]}),
+        r"training_defenses\[0\]: id 'EPIC-0.1' must be non-empty without '\.'",
+    ),
+    (
         "training-defense-unknown",
         run({"training_defenses": [{"name": "asd"}]}),
         r"training_defenses\[0\]: unknown training_defense 'asd'; known: cbd, epic, frienb, knn_removal",

@@ -263,6 +263,10 @@ def _build(kind: str, specs: list[dict[str, Any]]):
     for i, spec in enumerate(specs):
         spec = dict(spec) if isinstance(spec, dict) else {"name": spec}
         ident = str(spec.pop("id", spec.get("name")))
+        if "." in ident or not ident:
+            raise ValueError(
+                f"{kind}s[{i}]: id {ident!r} must be non-empty without '.' (metric names are dotted)"
+            )
         if ident in seen:
             raise ValueError(f"two {kind}s share the id {ident!r}: give one an 'id'")
         seen.add(ident)
