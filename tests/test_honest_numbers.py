@@ -4,6 +4,7 @@ original, accuracies without the targets, oracles marked, independent detection 
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -131,3 +132,19 @@ def test_results_record_threads_and_device():
     env = res.results["versions"]
     assert env["torch_threads"] == torch.get_num_threads() and env["device"] in ("cpu", "cuda")
     assert env["torch"] == torch.__version__
+    assert env["omp_wait_policy"] == os.environ.get("OMP_WAIT_POLICY")
+
+
+def test_importing_poisonlab_sets_a_passive_openmp_wait_unless_one_is_set():
+    """Spinning OpenMP threads stall each other on shared cores (benchmarks/results/threads.md): poisonlab
+    sets OMP_WAIT_POLICY=PASSIVE before torch loads, and keeps a value the user set."""
+    import subprocess
+    import sys
+
+    code = "import os, poisonlab, torch; print(os.environ.get('OMP_WAIT_POLICY'))"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "PASSIVE"
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ACTIVE"

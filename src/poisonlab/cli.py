@@ -440,7 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-root", help="folder holding the data sets (default: $POISONLAB_DATA)")
     run.add_argument("--seed", type=int, help="override the config's seed")
     run.add_argument("--trials", type=int, help="override the config's number of trials")
-    run.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy machine)")
+    run.add_argument(
+        "--threads", type=int, help="torch CPU threads (default: one per core, waiting passively when shared)"
+    )
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(func=cmd_run)
     lst = sub.add_parser("list", help="list every registered model and method")

@@ -93,7 +93,8 @@ def git_commit() -> str | None:
 
 
 def environment(device: str | None = None) -> dict[str, object]:
-    """Versions, torch's thread count (metrics differ between 1 and 2 threads), device and machine."""
+    """Versions, torch's thread count (metrics differ between 1 and 2 threads) and OpenMP wait policy,
+    device and machine."""
     import numpy as np
     import torch
 
@@ -108,6 +109,7 @@ def environment(device: str | None = None) -> dict[str, object]:
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),  # poisonlab's default: PASSIVE
         "device": device or ("cuda" if torch.cuda.is_available() else "cpu"),
         "git_commit": git_commit(),
     }
