@@ -91,6 +91,7 @@ SETUP: dict[str, dict[str, tuple[dict, str]]] = {
         ),
         "frienb": ({"steps": 2}, "30 friendly-noise steps by default; 2 exercise the update"),
         "cbd": ({"backdoor_epochs": 1}, "a 2-epoch backdoored model by default; 1 exercises the reweighting"),
+        "asd": ({}, "defaults are cheap on the contract's 2-epoch fit (stages 1 and 3 run)"),
     },
     "input_detector": {
         "strip": ({"num_overlays": 16}, "100 overlays per input by default; 16 exercise the entropy"),
@@ -318,7 +319,12 @@ def _check_training_defense(defense, data, victim, backdoored):
         model = build_model("cnn", data.input_shape, data.num_classes, seed=0)
         return train(model, data, TrainConfig(epochs=epochs or 2, batch_size=64), seed=0, hook=hook)
 
-    out = defense.train(released, fit, victim=run, generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(0)
+    if defense.oracle():  # an evaluation-only oracle: it refuses to train without the truth mask
+        with pytest.raises(ConfigError, match="oracle"):
+            defense.train(released, fit, victim=run, generator=gen)
+    truth = poisoned.is_poisoned if defense.oracle() else None
+    out = defense.train(released, fit, victim=run, generator=gen, truth=truth)
     assert torch.equal(inputs[0], released.x) and torch.equal(inputs[1], released.y)
     assert _same_state(run.model, state)
     assert isinstance(out, Defended) and isinstance(out.run, TrainRun) and isinstance(out.info, dict)

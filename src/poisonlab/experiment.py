@@ -490,6 +490,9 @@ def oracle_prefixes(config: ExperimentConfig) -> dict[str, str]:
     for ident, defense in config.build_defenses():
         if defense.oracle():
             out[f"defense.{ident}"] = defense.oracle()
+    for ident, defense in config.build_training_defenses():
+        if defense.oracle():
+            out[f"training_defense.{ident}"] = defense.oracle()
     return out
 
 

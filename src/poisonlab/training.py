@@ -110,6 +110,9 @@ class TrainHook:
 
     reads_images: bool = False
 
+    def begin(self, config: TrainConfig) -> None:
+        """Called once before the first epoch with the schedule (e.g. to place stages by epoch)."""
+
     def rows(self, epoch: int, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
         """Indices of the rows ``epoch`` (1-based) trains on, decided before the epoch from the model so far
         and the training inputs ``x`` (features in the transfer setting) and labels ``y``; None: every row."""
@@ -119,8 +122,11 @@ class TrainHook:
         """A training batch's inputs as the model sees them (after augmentation)."""
         return xb
 
-    def loss(self, logits: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-        """The batch's training loss (mean cross-entropy by default; a reweighting defense changes it)."""
+    def loss(
+        self, logits: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor, model: nn.Module
+    ) -> torch.Tensor:
+        """The batch's training loss (mean cross-entropy by default; a reweighting or semi-supervised defense
+        changes it, ``model`` being the model in training)."""
         return F.cross_entropy(logits, yb)
 
 
@@ -198,6 +204,8 @@ def train(
         from tqdm.auto import tqdm
 
         epochs = tqdm(epochs, desc=desc, unit="epoch", leave=False)
+    if hook is not None:
+        hook.begin(config)
     for epoch in epochs:
         lr = config.lr_at(epoch)
         for group in optimizer.param_groups:
@@ -217,7 +225,7 @@ def train(
             if hook is not None:
                 xb = hook.inputs(xb, generator)
             logits = model(xb)
-            loss = hook.loss(logits, xb, yb) if hook is not None else F.cross_entropy(logits, yb)
+            loss = hook.loss(logits, xb, yb, model) if hook is not None else F.cross_entropy(logits, yb)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -274,8 +274,13 @@ def train_defended(t: Trial) -> None:
             return t.fit(data, f"trial {t.index + 1}: {_id} {desc}".rstrip(), hook=hook, epochs=epochs)
 
         with t.timed(prefix):
+            truth = is_poison if defense.oracle() else None  # an evaluation-only oracle, marked as such
             out = defense.train(
-                poisoned.data, fit, victim=t.victim, generator=t.stream("training_defense", ident)
+                poisoned.data,
+                fit,
+                victim=t.victim,
+                generator=t.stream("training_defense", ident),
+                truth=truth,
             )
         m[f"{prefix}.clean_accuracy"] = accuracy(out.run.model, t.eval_set)
         m[f"{prefix}.accuracy_drop"] = m["victim.clean_accuracy"] - m[f"{prefix}.clean_accuracy"]

@@ -50,7 +50,7 @@ class _Reweigh(TrainHook):
         for p in self.backdoored.parameters():
             p.requires_grad_(False)
 
-    def loss(self, logits, xb, yb):
+    def loss(self, logits, xb, yb, model):
         with torch.no_grad():
             lb = F.cross_entropy(self.backdoored.to(xb.device)(xb), yb, reduction="none")
         lc = F.cross_entropy(logits, yb, reduction="none")

@@ -54,8 +54,10 @@ class TrainingDefense(Method):
         *,
         victim: TrainRun | None = None,
         generator: torch.Generator | None = None,
+        truth: torch.Tensor | None = None,
     ) -> Defended:
-        """Train a defended model on ``data`` through ``fit``; ``victim``: the undefended run, if any."""
+        """Train a defended model on ``data`` through ``fit``; ``victim``: the undefended run, if any;
+        ``truth``: the poison mask, read only by a defense that is an evaluation-only oracle (``oracle``)."""
         where = f"{self.name or type(self).__name__}.train"
         check_dataset(data, where, "data")
         if not callable(fit):
@@ -67,7 +69,15 @@ class TrainingDefense(Method):
         if generator is not None:
             check_generator(generator, where)
         self.check_data(data)
-        out = self._train(data, fit, victim=victim, generator=generator or torch.Generator().manual_seed(0))
+        extra = {}
+        if self.oracle():
+            if truth is None or torch.as_tensor(truth).shape != (len(data),):
+                raise ConfigError(
+                    f"{where}: an oracle ({self.oracle()}): pass truth=, the poison mask of the rows"
+                )
+            extra["truth"] = torch.as_tensor(truth, dtype=torch.bool)
+        gen = generator or torch.Generator().manual_seed(0)
+        out = self._train(data, fit, victim=victim, generator=gen, **extra)
         if out.removed.dtype != torch.bool or out.removed.shape != (len(data),):
             raise AssertionError(f"{where}: removed must be a bool mask over the {len(data)} rows")
         return out
