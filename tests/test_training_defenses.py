@@ -179,13 +179,14 @@ def test_bernoulli_noise_moves_every_value_by_exactly_eps():
 @pytest.fixture(scope="module")
 def backdoor_cifar(data_root):
     """CIFAR-10 subset (2,000 training / 500 test rows), `cnn` from scratch for 8 epochs, BadNets on 10% (all
-    to class 0); CBD (a 2-epoch backdoored model) and ASD beside the undefended victim, one trial."""
+    to class 0); CBD (a 2-epoch backdoored model) beside the undefended victim, one trial. No clean twin, to
+    keep the suite short: the trigger alone scores 4.0% on it (README), so gross success is asserted."""
     config = ExperimentConfig.model_validate({
         "name": "backdoor-defenses",
         "data": {"name": "cifar10", "root": str(data_root), "train_size": 2000, "test_size": 500},
-        "train": {"epochs": 8, "lr": 0.05, "batch_size": 64, "milestones": [6]},
+        "train": {"epochs": 8, "lr": 0.05, "batch_size": 64, "milestones": [6]}, "baseline": False,
         "attacks": [{"name": "badnets", "fraction": 0.1, "target": 0}],
-        "training_defenses": [{"name": "cbd", "backdoor_epochs": 2}, {"name": "asd"}],
+        "training_defenses": [{"name": "cbd", "backdoor_epochs": 2}],
     })  # fmt: skip
     return run_experiment(config).results
 
@@ -198,25 +199,33 @@ def test_cbd_weighs_down_backdoor_poisons_and_the_trigger_stops_working(backdoor
     choice (see the module's docstring)."""
     m = backdoor_cifar["metrics"]
     d = "training_defense.cbd"
-    assert m["attack.badnets.net_success_rate"] > 0.8
-    assert m[f"{d}.badnets.net_success_rate"] < 0.2, m[f"{d}.badnets.net_success_rate"]
+    assert m["attack.badnets.success_rate"] > 0.9
+    assert m[f"{d}.badnets.success_rate"] < 0.2, m[f"{d}.badnets.success_rate"]
     assert m[f"{d}.poison_weight"] < 0.3 * m[f"{d}.clean_weight"]
     assert m[f"{d}.downweighting_recall"] > 0.7 and m[f"{d}.downweighting_precision"] > 0.3  # poisons: 10%
     assert m["victim.clean_accuracy"] - m[f"{d}.clean_accuracy"] < 0.05
     assert not any(key.startswith(d) for key in backdoor_cifar["oracle_metrics"])
 
 
-def test_asd_keeps_the_poisons_in_its_unlabelled_pool_and_the_trigger_fails(backdoor_cifar):
-    """Gao 2023: split by loss each epoch, labels only for the clean pool, MixMatch on the rest. Every poison
-    ends in the polluted (unlabelled) pool, the trigger's success falls from 99.8% to 0.0% (the twin's 4.0%)
-    at 7.6 points of accuracy (40.0% -> 32.4%). Its 10 seeds per class come from the truth, so its numbers are
-    oracle-marked."""
-    m = backdoor_cifar["metrics"]
+def test_asd_keeps_the_poisons_in_its_unlabelled_pool_and_the_trigger_fails():
+    """Gao 2023: split by loss each epoch, labels only for the clean pool, MixMatch on the rest. Digits, `cnn`
+    from scratch for 10 epochs, BadNets on 10%: 98.5% of the poisons end in the polluted (unlabelled) pool and
+    the trigger's success falls from ~100% to 0.0%, at a large accuracy cost here (97.8% -> 64.4%; on the
+    CIFAR-10 subset 99.8% -> 0.0% at 40.0% -> 32.4%, README). Its 10 seeds per class come from the truth, so
+    its numbers are oracle-marked."""
+    config = ExperimentConfig.model_validate({
+        "name": "asd", "train": {"epochs": 10, "lr": 0.05, "batch_size": 32},
+        "attacks": [{"name": "badnets", "fraction": 0.1, "target": 0}],
+        "training_defenses": [{"name": "asd"}],
+    })  # fmt: skip
+    results = run_experiment(config).results
+    m = results["metrics"]
     d = "training_defense.asd"
+    assert m["attack.badnets.net_success_rate"] > 0.8
     assert m[f"{d}.badnets.net_success_rate"] < 0.1, m[f"{d}.badnets.net_success_rate"]
     assert m[f"{d}.removal_recall"] > 0.9 and m[f"{d}.removed_fraction"] == pytest.approx(0.5, abs=0.01)
-    assert m["victim.clean_accuracy"] - m[f"{d}.clean_accuracy"] < 0.12
-    assert f"{d}.badnets.success_rate" in backdoor_cifar["oracle_metrics"]
+    assert m["victim.clean_accuracy"] - m[f"{d}.clean_accuracy"] < 0.45
+    assert f"{d}.badnets.success_rate" in results["oracle_metrics"]
 
 
 def test_cbd_weights_favour_rows_the_backdoored_model_finds_hard():
