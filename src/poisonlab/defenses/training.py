@@ -1,13 +1,14 @@
 """The training-time defense interface: a defense that changes how the victim is trained (drop, reweight,
 split or add noise while training), as opposed to a repair of a trained model (:class:`Defense`).
 
-    train(data, fit, *, victim, generator) -> Defended
+    train(data, fit, *, victim, generator, truth=None) -> Defended
 
 ``fit(data, hook=None, desc="", epochs=None)`` trains a model exactly as the experiment trains its victim
 (from scratch, or the last layer over a frozen extractor in the transfer setting), with an optional
 :class:`~poisonlab.training.TrainHook` that chooses each epoch's rows, transforms the batches and weighs
-their loss, and optionally only the schedule's first ``epochs``. ``victim``
-is the undefended victim (a defense that filters before training may read its features, as Deep k-NN does).
+their loss, and optionally only the schedule's first ``epochs``. ``victim`` is the undefended victim (a
+defense that filters before training may read its features, as Deep k-NN does); ``truth``, the poison mask,
+reaches only a defense that declares itself an oracle (ASD's seeds).
 A defense reports which rows it left out of the final training (``removed``), so the runner can score its
 removals against the poison mask (evaluation only, never shown to the defense).
 """
