@@ -8,7 +8,19 @@ ours (|a - b|.max() / |ours|.max()). Captum's exact modes: ``sample_wise_grads_p
 fastest) and its default (per-sample autograd loop). Captum runs are skipped where they would take
 too long on this machine (the table says so); ours run at every size under the memory budget.
 
+Beside the tools, the *floor* every exact method pays is timed in the same run: the model's own batched
+forward and backward pass (parameter gradients, 128 rows a batch) over the same rows and checkpoints, and for
+the influence matrix also over the test rows plus the dense products N x P x M of the parameters whose
+per-sample gradients poisonlab materialises. Models: poisonlab's ``cnn`` and ``mlp`` and two held-out
+convolution-heavy shapes defined here, not in poisonlab (``convnet``: four 3x3 convolutions 32-32-64-64,
+global average pooling, one small Linear; ``convnet_bn``: the same with batch norm). Captum's fast mode
+covers only Conv2d and Linear layers (batch-norm parameters are left out); poisonlab covers every
+parameter, so on ``convnet_bn`` the score difference is taken against poisonlab restricted to Captum's
+layers (computed untimed).
+
     python benchmarks/tracin_vs_captum.py [--sizes 2000,10000,60000] [--tests 100,1000] [--repeats 3]
+    python benchmarks/tracin_vs_captum.py --models convnet,convnet_bn --sizes 10000 --repeats 2 \
+        --out benchmarks/results/tracin_vs_captum_held_out.md
 
 Writes benchmarks/results/tracin_vs_captum.md. Needs the `bench` extra (captum).
 """
@@ -41,23 +53,86 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def convnet(batch_norm: bool, in_channels: int = 1, classes: int = 10) -> torch.nn.Module:
+    """A held-out convolution-heavy CNN (not one of poisonlab's models): 3x3 convolutions 32-32-64-64 with
+    max pooling after the second and fourth, global average pooling and one Linear layer."""
+    from torch import nn
+
+    layers, c = [], in_channels
+    for i, width in enumerate([32, 32, 64, 64]):
+        layers += [nn.Conv2d(c, width, 3, padding=1)] + ([nn.BatchNorm2d(width)] if batch_norm else [])
+        layers += [nn.ReLU()] + ([nn.MaxPool2d(2)] if i % 2 else [])
+        c = width
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, classes))
+
+
+def build(name: str, input_shape=(1, 28, 28)) -> torch.nn.Module:
+    """poisonlab's models by name, or a held-out shape of this benchmark (seed 0)."""
+    from poisonlab.models import build_model
+
+    if name in ("convnet", "convnet_bn"):
+        torch.manual_seed(0)
+        return convnet(name == "convnet_bn", input_shape[0])
+    return build_model(name, input_shape, 10, seed=0)
+
+
+def captum_layers(model: torch.nn.Module) -> list[str]:
+    """The modules with parameters whose per-sample gradients Captum's fast mode computes."""
+    kinds = (torch.nn.Conv2d, torch.nn.Linear)
+    return [n for n, m in model.named_modules() if isinstance(m, kinds)]
+
+
+def floor(model, checkpoints, train, test, what: str, budget: str) -> None:
+    """The work every exact method pays: forward + backward (parameter gradients) over the rows at each
+    checkpoint, and for the influence matrix the test rows too and the dense products of the parameters
+    poisonlab materialises (random matrices of the same shapes)."""
+    import torch.nn.functional as F
+
+    from poisonlab.detection import TracInCP
+
+    dense = 0
+    if what == "influence":
+        engine = TracInCP(model, checkpoints, memory_budget=budget)
+        engine._setup(train, len(test))
+        for layer in engine._layers:
+            if layer.kind == "bn":
+                dense += layer.din * layer.dout
+                continue
+            dense += layer.din * layer.dout * (layer.weight and layer.mode == "materialise")
+            dense += layer.dout * layer.bias
+        dense += sum(model.get_parameter(n).numel() for n in engine._fallback)
+        left = torch.randn(1024, dense)
+        right = torch.randn(dense, len(test))
+    sets = [train] + ([test] if what == "influence" else [])
+    for ck in checkpoints:
+        model.load_state_dict(ck.state)
+        for rows in sets:
+            for x, y in zip(rows.x.split(128), rows.y.split(128)):
+                model.zero_grad()
+                F.cross_entropy(model(x), y, reduction="sum").backward()
+        for start in range(0, len(train) if dense else 0, 1024):
+            left[: min(1024, len(train) - start)] @ right
+
+
 def worker(spec: dict) -> dict:
     """One measurement: load model, checkpoints and data, run one tool once, save the scores."""
     torch.set_num_threads(1)
     from poisonlab.data import load_mnist, stratified_subset
-    from poisonlab.models import build_model
     from poisonlab.training import Checkpoint
 
     work = Path(spec["work"])
     train_full = load_mnist(spec["data_root"], "train")
     train = train_full.subset(torch.arange(spec["n"])) if spec["n"] < len(train_full) else train_full
     test = stratified_subset(load_mnist(spec["data_root"], "test"), spec["m"], seed=1)
-    model = build_model(spec["model"], train.input_shape, 10, seed=0).eval()
+    model = build(spec["model"], train.input_shape).eval()
     states = [torch.load(work / f"{spec['model']}_ck{i}.pt", weights_only=True) for i in range(len(LRS))]
     checkpoints = [Checkpoint(i, lr, s) for i, (lr, s) in enumerate(zip(LRS, states))]
     base = _rss_bytes()
     start = time.perf_counter()
-    if spec["tool"] == "poisonlab":
+    if spec["tool"] == "floor":
+        floor(model, checkpoints, train, test, spec["what"], spec["budget"])
+        scores = torch.zeros(1)
+    elif spec["tool"] == "poisonlab":
         from poisonlab.detection import TracInCP
 
         engine = TracInCP(model, checkpoints, memory_budget=spec["budget"])
@@ -89,7 +164,17 @@ def worker(spec: dict) -> dict:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
     out = work / f"scores_{spec['key']}.npy"
     np.save(out, scores.detach().float().numpy())
-    return {"seconds": seconds, "peak_mib": peak / 2**20, "scores": str(out)}
+    result = {"seconds": seconds, "peak_mib": peak / 2**20, "scores": str(out)}
+    layers = captum_layers(model)
+    with_params = [m for m in model.modules() if list(m.parameters(recurse=False))]
+    if spec["tool"] == "poisonlab" and len(layers) < len(with_params):
+        from poisonlab.detection import TracInCP  # untimed: the same layers as Captum's, for the difference
+
+        engine = TracInCP(model, checkpoints, layers=layers, memory_budget=spec["budget"])
+        same = engine.influence(train, test) if spec["what"] == "influence" else engine.self_influence(train)
+        result["scores_captum_layers"] = str(work / f"scores_{spec['key']}_captum_layers.npy")
+        np.save(result["scores_captum_layers"], same.detach().float().numpy())
+    return result
 
 
 def run_worker(spec: dict) -> dict:
@@ -105,12 +190,11 @@ def run_worker(spec: dict) -> dict:
 def make_checkpoints(data_root: str, work: Path, models: list[str]) -> None:
     """Train each model briefly on MNIST, keeping K checkpoints with different learning rates."""
     from poisonlab.data import load_mnist, stratified_subset
-    from poisonlab.models import build_model
     from poisonlab.training import TrainConfig, train
 
     data = stratified_subset(load_mnist(data_root, "train"), 6000, seed=0)
     for name in models:
-        model = build_model(name, data.input_shape, 10, seed=0)
+        model = build(name, data.input_shape)
         for i, lr in enumerate(LRS):
             run = train(model, data, TrainConfig(lr=lr, epochs=1, batch_size=64), seed=i)
             torch.save(run.checkpoints[-1].state, work / f"{name}_ck{i}.pt")
@@ -144,19 +228,19 @@ def main() -> None:
         return
 
     torch.set_num_threads(1)
-    from poisonlab.models import build_model
-
-    command = command_line("tracin_vs_captum.py", parser, args)
+    command = command_line("tracin_vs_captum.py", parser, args, skip=("data_root",))
     models = args.models.split(",")
     work = Path(tempfile.mkdtemp(prefix="tracin_bench_"))
     make_checkpoints(args.data_root, work, models)
     rows = []
     for model_name in models:
-        n_params = sum(p.numel() for p in build_model(model_name, (1, 28, 28), 10).parameters())
+        net = build(model_name)
+        n_params = sum(p.numel() for p in net.parameters())
+        n_captum = sum(p.numel() for name in captum_layers(net) for p in net.get_submodule(name).parameters())
         for n in [int(s) for s in args.sizes.split(",")]:
             for what, m in [("influence", int(t)) for t in args.tests.split(",")] + [("self_influence", 0)]:
                 work_units = n * max(m, 1) * n_params * len(LRS)
-                tools = ["poisonlab", "captum-fast", "captum-default"]
+                tools = ["floor", "poisonlab", "captum-fast", "captum-default"]
                 times: dict[str, list[float]] = {t: [] for t in tools}
                 peaks: dict[str, float] = {}
                 scores: dict[str, str] = {}
@@ -178,18 +262,24 @@ def main() -> None:
                         times[tool].append(result["seconds"])
                         peaks[tool] = max(peaks.get(tool, 0.0), result["peak_mib"])
                         scores[tool] = result["scores"]
+                        if "scores_captum_layers" in result:
+                            scores["poisonlab-captum-layers"] = result["scores_captum_layers"]
                         print(
                             f"{model_name} N={n} M={m} {what} {tool}: {result['seconds']:.2f}s",
                             file=sys.stderr,
                         )
                 ours = np.load(scores["poisonlab"])
-                row = {"model": model_name, "params": n_params, "n": n, "m": m, "what": what}
+                row = {"model": model_name, "params": n_params, "captum_params": n_captum, "n": n, "m": m,
+                       "what": what}  # fmt: skip
                 for tool in tools:
                     if tool in skipped or not times[tool]:
                         row[tool] = None
                         continue
                     theirs = np.load(scores[tool])
-                    diff = float(np.abs(theirs - ours).max() / max(np.abs(ours).max(), 1e-30))
+                    same = ours  # Captum's fast mode leaves batch norm out: compare over its layers
+                    if tool == "captum-fast" and "poisonlab-captum-layers" in scores:
+                        same = np.load(scores["poisonlab-captum-layers"])
+                    diff = float(np.abs(theirs - same).max() / max(np.abs(same).max(), 1e-30))
                     row[tool] = {"median": statistics.median(times[tool]), "peak": peaks[tool], "diff": diff,
                                  "runs": len(times[tool])}  # fmt: skip
                 rows.append(row)
@@ -199,18 +289,25 @@ def main() -> None:
     write_table(rows, args, command)
 
 
-HEADER = ["model (params)", "N", "M", "scores", "poisonlab", "Captum fast", "speed-up", "max rel diff",
+HEADER = ["model (params: ours / Captum's)", "N", "M", "scores", "floor", "poisonlab", "ours / floor",
+          "Captum fast", "speed-up", "max rel diff",
           "Captum default", "speed-up", "max rel diff"]  # fmt: skip
 
 
 def table_row(r: dict) -> list[str]:
     """One row of the table: the setting, then time, speed-up and score difference per tool."""
     m = str(r["m"]) if r["what"] == "influence" else "-"
-    cells = [f"{r['model']} ({r['params']:,})", f"{r['n']:,}", m, r["what"]]
-    for tool in ("poisonlab", "captum-fast", "captum-default"):
-        v = r[tool]
+    cells = [f"{r['model']} ({r['params']:,} / {r.get('captum_params', r['params']):,})", f"{r['n']:,}", m,
+             r["what"]]  # fmt: skip
+    for tool in ("floor", "poisonlab", "captum-fast", "captum-default"):
+        v = r.get(tool)
+        if tool == "floor":
+            cells.append("-" if v is None else f"{v['median']:.2f} s")
+            continue
         cells.append("skipped" if v is None else f"{v['median']:.2f} s ({v['runs']}x), {v['peak']:.0f} MiB")
-        if tool != "poisonlab":
+        if tool == "poisonlab":
+            cells.append("-" if r.get("floor") is None else f"{v['median'] / r['floor']['median']:.2f}x")
+        else:
             cells.append("-" if v is None else f"**{v['median'] / r['poisonlab']['median']:.1f}x**")
             cells.append("-" if v is None else f"{v['diff']:.1e}")
     return cells
@@ -232,7 +329,15 @@ def write_table(rows: list[dict], args, command: str, quiet: bool = False) -> No
         "256. Peak = peak resident memory of the call above the process's memory before it. "
         "'speed-up' = Captum's time / ours. 'max rel diff' = max |Captum - ours| / max |ours|. "
         "Captum's default mode (a Python loop of autograd calls per sample) runs only at the smaller sizes, "
-        "Captum's fast mode up to N = 10,000; beyond, their times would be hours on this machine.",
+        "Captum's fast mode up to N = 10,000; beyond, their times would be hours on this machine. "
+        "'floor' = the model's own batched forward + backward pass (parameter gradients, 128 rows a batch) "
+        "over the same rows and checkpoints, for the influence matrix also over the test rows plus the dense "
+        "products of the parameters poisonlab materialises: the work every exact method pays, timed in the "
+        "same run; 'ours / floor' = our time / the floor's. convnet and convnet_bn are held-out shapes "
+        "defined in the benchmark, not poisonlab models. Captum's fast mode covers only Conv2d and Linear "
+        "layers (the params column: ours / Captum's): on convnet_bn it leaves the batch-norm parameters out "
+        "and poisonlab does not, so there its difference is taken against poisonlab restricted to Captum's "
+        "layers.",
         "",
         markdown_table(HEADER, [table_row(r) for r in rows]),
     ]

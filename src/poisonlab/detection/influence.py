@@ -12,7 +12,8 @@ row b of ``d`` is sample b's own gradient). A Linear or Conv2d layer's per-sampl
 
 and each layer takes the cheaper for the sizes at hand. Batch-norm affine parameters have closed-form
 per-sample gradients; any other parameter falls back to ``torch.func`` (vmap over grad). Each checkpoint
-is loaded once; training rows are tiled so that peak memory stays under ``memory_budget``. An optional
+is loaded once; training rows are tiled so that peak memory stays under ``memory_budget`` (and a tile near
+``FAST_TILE_BYTES``, the fastest size measured on CPU, unless ``batch_size`` fixes the rows per tile). An optional
 seeded random projection maps each layer's (u, d) to (R_u u, R_d d), an unbiased sketch of the products
 whose relative error against the exact scores on a probe subset is reported in ``last_projection_error``.
 """
@@ -43,6 +44,11 @@ from poisonlab.checks import (
 from poisonlab.data import Dataset
 from poisonlab.errors import ConfigError
 from poisonlab.training import Checkpoint
+
+# Rows per tile are also capped so that a tile's working memory stays near this size: larger tiles fall out
+# of cache and run up to 2x slower per row on CPU (measured on 4 models, 28x28 and 32x32 inputs, tiles of
+# 32 to 2,048 rows: the fastest tiles held 0.3-1 GB; benchmarks/results/tracin_vs_captum.md).
+FAST_TILE_BYTES = 512 * 2**20
 
 _UNITS = {"": 1, "b": 1, "kb": 2**10, "k": 2**10, "mb": 2**20, "m": 2**20, "gb": 2**30, "g": 2**30}
 
@@ -420,7 +426,7 @@ class TracInCP:
                 f"memory_budget of {self.memory_budget / 2**20:.1f} MiB is too small: one tile of one row "
                 f"needs {(per + max(fixed, 0)) / 2**20:.1f} MiB; raise it or restrict the layers"
             )
-        tile = free // per
+        tile = free // per if self.batch_size else min(free // per, max(1, FAST_TILE_BYTES // per))
         return int(min(tile, self.batch_size or tile, len(data)))
 
     def _test_side(self, test: Dataset, state) -> tuple[list[_Piece], int]:
