@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import add_data_root, command_line, provenance, write_result
+from _common import add_data_root, command_line, held_out_cnn, provenance, write_result
 
 from poisonlab.bench.tables import markdown_table
 
@@ -53,26 +53,12 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def convnet(batch_norm: bool, in_channels: int = 1, classes: int = 10) -> torch.nn.Module:
-    """A held-out convolution-heavy CNN (not one of poisonlab's models): 3x3 convolutions 32-32-64-64 with
-    max pooling after the second and fourth, global average pooling and one Linear layer."""
-    from torch import nn
-
-    layers, c = [], in_channels
-    for i, width in enumerate([32, 32, 64, 64]):
-        layers += [nn.Conv2d(c, width, 3, padding=1)] + ([nn.BatchNorm2d(width)] if batch_norm else [])
-        layers += [nn.ReLU()] + ([nn.MaxPool2d(2)] if i % 2 else [])
-        c = width
-    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, classes))
-
-
 def build(name: str, input_shape=(1, 28, 28)) -> torch.nn.Module:
     """poisonlab's models by name, or a held-out shape of this benchmark (seed 0)."""
     from poisonlab.models import build_model
 
     if name in ("convnet", "convnet_bn"):
-        torch.manual_seed(0)
-        return convnet(name == "convnet_bn", input_shape[0])
+        return held_out_cnn(name == "convnet_bn", input_shape[0])
     return build_model(name, input_shape, 10, seed=0)
 
 
@@ -101,8 +87,8 @@ def floor(model, checkpoints, train, test, what: str, budget: str) -> None:
             dense += layer.din * layer.dout * (layer.weight and layer.mode == "materialise")
             dense += layer.dout * layer.bias
         dense += sum(model.get_parameter(n).numel() for n in engine._fallback)
-        left = torch.randn(1024, dense)
-        right = torch.randn(dense, len(test))
+        left = torch.randn(1024, dense, device=test.x.device)
+        right = torch.randn(dense, len(test), device=test.x.device)
     sets = [train] + ([test] if what == "influence" else [])
     for ck in checkpoints:
         model.load_state_dict(ck.state)
@@ -112,6 +98,12 @@ def floor(model, checkpoints, train, test, what: str, budget: str) -> None:
                 F.cross_entropy(model(x), y, reduction="sum").backward()
         for start in range(0, len(train) if dense else 0, 1024):
             left[: min(1024, len(train) - start)] @ right
+
+
+def sync() -> None:
+    """Wait for queued GPU work, so that a wall-clock time covers it."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def worker(spec: dict) -> dict:
@@ -124,10 +116,16 @@ def worker(spec: dict) -> dict:
     train_full = load_mnist(spec["data_root"], "train")
     train = train_full.subset(torch.arange(spec["n"])) if spec["n"] < len(train_full) else train_full
     test = stratified_subset(load_mnist(spec["data_root"], "test"), spec["m"], seed=1)
-    model = build(spec["model"], train.input_shape).eval()
-    states = [torch.load(work / f"{spec['model']}_ck{i}.pt", weights_only=True) for i in range(len(LRS))]
+    device = torch.device(spec.get("device", "cpu"))
+    model = build(spec["model"], train.input_shape).eval().to(device)
+    train, test = train.to(device), test.to(device)
+    states = [
+        torch.load(work / f"{spec['model']}_ck{i}.pt", weights_only=True, map_location=device)
+        for i in range(len(LRS))
+    ]
     checkpoints = [Checkpoint(i, lr, s) for i, (lr, s) in enumerate(zip(LRS, states))]
     base = _rss_bytes()
+    sync()
     start = time.perf_counter()
     if spec["tool"] == "floor":
         floor(model, checkpoints, train, test, spec["what"], spec["budget"])
@@ -160,10 +158,11 @@ def worker(spec: dict) -> dict:
             scores = tracin.influence((test.x, test.y), k=None).T
         else:
             scores = tracin.self_influence(inputs=None)
+    sync()
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
     out = work / f"scores_{spec['key']}.npy"
-    np.save(out, scores.detach().float().numpy())
+    np.save(out, scores.detach().float().cpu().numpy())
     result = {"seconds": seconds, "peak_mib": peak / 2**20, "scores": str(out)}
     layers = captum_layers(model)
     with_params = [m for m in model.modules() if list(m.parameters(recurse=False))]
@@ -173,7 +172,7 @@ def worker(spec: dict) -> dict:
         engine = TracInCP(model, checkpoints, layers=layers, memory_budget=spec["budget"])
         same = engine.influence(train, test) if spec["what"] == "influence" else engine.self_influence(train)
         result["scores_captum_layers"] = str(work / f"scores_{spec['key']}_captum_layers.npy")
-        np.save(result["scores_captum_layers"], same.detach().float().numpy())
+        np.save(result["scores_captum_layers"], same.detach().float().cpu().numpy())
     return result
 
 
@@ -220,6 +219,7 @@ def main() -> None:
         "--single-run-above", type=float, default=1e12,
         help="measure a tool once (not --repeats times) where its estimated work is above this",
     )  # fmt: skip
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (benchmarks/gpu.py)")
     parser.add_argument("--out", default=str(HERE / "results" / "tracin_vs_captum.md"))
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -257,6 +257,7 @@ def main() -> None:
                             continue  # long runs (and Captum's per-sample loop) are measured once
                         spec = {"tool": tool, "model": model_name, "n": n, "m": max(m, 1), "what": what,
                                 "work": str(work), "data_root": args.data_root, "budget": args.budget,
+                                "device": args.device,
                                 "key": f"{tool}_{model_name}_{n}_{m}_{what}"}  # fmt: skip
                         result = run_worker(spec)
                         times[tool].append(result["seconds"])

@@ -1,3 +1,5 @@
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -133,6 +135,23 @@ def test_result_does_not_depend_on_tiling_or_budget(tiny_run, digits_split):
     for matrix, selfs in results[1:]:
         assert torch.allclose(matrix, results[0][0], rtol=1e-5, atol=1e-6)
         assert torch.allclose(selfs, results[0][1], rtol=1e-5, atol=1e-6)
+
+
+def test_tiles_stay_near_the_fast_size_unless_the_rows_are_fixed(tiny_run, digits_split, monkeypatch):
+    """A large budget no longer means memory-sized tiles (up to 2x slower per row on CPU): the rows per tile
+    follow FAST_TILE_BYTES, and an explicit batch_size is kept as given."""
+    module = importlib.import_module("poisonlab.detection.influence")  # the package exports a function too
+    run, _, _ = tiny_run
+    train_set, _ = digits_split
+    engine = TracInCP(run.model, run.checkpoints, memory_budget="8GB")
+    engine._setup(train_set, 1)
+    per = engine._bytes_per_sample(train_set, 0)
+    assert engine._tile_size(train_set, 0, 0) == min(len(train_set), module.FAST_TILE_BYTES // per)
+    monkeypatch.setattr(module, "FAST_TILE_BYTES", 40 * per)
+    assert engine._tile_size(train_set, 0, 0) == 40
+    fixed = TracInCP(run.model, run.checkpoints, memory_budget="8GB", batch_size=100)
+    fixed._setup(train_set, 1)
+    assert fixed._tile_size(train_set, 0, 0) == 100
 
 
 def test_projection_and_last_layer_modes(tiny_run, digits_split):
