@@ -1,4 +1,4 @@
-"""On a CUDA device, the engines give the CPU's numbers (skipped cleanly on a machine without one)."""
+"""On a CUDA device, the engines give the CPU's numbers (not collected on a machine without one: conftest)."""
 
 import pytest
 import torch

@@ -402,7 +402,7 @@ TRACE_CASES = [
     (
         "model-other-input-shape",
         trace(weights=lambda t: _weights(t, shape=(1, 16, 16))),
-        r"a cnn for inputs of another shape than the carriers' \(1, 8, 8\) \('body\.7\.weight' has shape",
+        r"a cnn for inputs of another shape than the carriers: \(1, 8, 8\) \('body\.7\.weight' has shape",
     ),
     (
         "weights-of-another-model",

@@ -424,6 +424,94 @@ def cmd_trace(args) -> int:
     return 0
 
 
+SCAN_FILES = ("scan.csv", "results.json", "report.html")
+
+
+def _read_truth(path: str, rows: int):
+    """--truth: the planted rows, for evaluation only: a JSON list of row ids, a JSON object with "rows"
+    (what `poisonlab mark` writes), or a text file of row ids, one per line."""
+    import numpy as np
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise PoisonlabError(f"--truth {path}: file not found")
+    text = file.read_text(errors="replace")
+    try:
+        value = json.loads(text) if file.suffix == ".json" else [int(v) for v in text.split()]
+    except ValueError as err:
+        raise PoisonlabError(f"--truth {path}: not a list of row ids ({_first_line(err)})") from None
+    if isinstance(value, dict):
+        value = value.get("rows")
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise PoisonlabError(f"--truth {path}: expected a list of integer row ids (or an object with 'rows')")
+    bad = [v for v in value if not 0 <= v < rows]
+    if bad:
+        raise PoisonlabError(f"--truth {path}: row id {bad[0]} is outside the {rows} rows of DATA")
+    mask = np.zeros(rows, bool)
+    mask[value] = True
+    return mask
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
+def cmd_scan(args) -> int:
+    import torch
+
+    from poisonlab.bench.executors import check_threads
+    from poisonlab.checks import check_dataset, check_seed
+    from poisonlab.data import image_folder_files
+    from poisonlab.models import MODELS
+    from poisonlab.scan import scan
+    from poisonlab.scan.output import report_html, summary, write_csv, write_json
+    from poisonlab.tracing.owner import load_suspect
+    from poisonlab.training import TrainConfig
+
+    check_threads(args.threads)
+    check_seed(args.seed, "--seed")
+    for flag, value, least in (("--epochs", args.epochs, 1), ("--folds", args.folds, 2), ("-k", args.k, 1)):
+        if value < least:
+            raise PoisonlabError(f"{flag} must be at least {least}, got {value}")
+    if args.model not in MODELS:
+        raise PoisonlabError(f"--model: unknown model {args.model!r}; known models: {', '.join(MODELS)}")
+    out = check_output_dir(Path(args.out), "--out", files=SCAN_FILES)
+    fmt, data, source = _load_owner_data(args.data, args.format, "train", "DATA")
+    check_dataset(data, "scan", "DATA")
+    truth = _read_truth(args.truth, len(data)) if args.truth else None
+    weights = None
+    if args.weights:
+        model = load_suspect(args.model, args.weights, data.input_shape, data.num_classes, against="DATA")
+        weights = model.state_dict()
+    paths = [str(p) for p in image_folder_files(source)[0]] if fmt == "folder" else None
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    progress = not args.quiet and sys.stderr.isatty()
+    print(f"poisonlab: scanning {len(data)} rows of {source} ({args.folds} folds, {args.epochs} epochs)",
+          file=sys.stderr)  # fmt: skip
+    config = TrainConfig(epochs=args.epochs, checkpoint_every=max(1, args.epochs // 4))
+    result = scan(
+        data, model=args.model, weights=weights, train_config=config, folds=args.folds, k=args.k,
+        seed=args.seed, progress=progress,
+    )  # fmt: skip
+    record = summary(result, source, truth)
+    html = report_html(result, data.x.numpy(), source, truth)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        write_csv(result, out / "scan.csv", paths)
+        write_json(record, out / "results.json")
+        write_atomic(out / "report.html", html)
+    except OSError as err:
+        raise PoisonlabError(f"--out {out}: cannot write the scan ({err.strerror or err})") from None
+    print(f"  rows flagged by at least one detector   {record['flagged_by_any']} of {len(data)}")
+    for name, count in record["flagged"].items():
+        print(f"    {name:<24s}{count}")
+    for entry in record["top"][:5]:
+        print(f"  row {entry['row']} ({entry['label']}): {entry['reason']}")
+    print(f"poisonlab: wrote {out}: {', '.join(SCAN_FILES)}", file=sys.stderr)
+    return 0
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with its errors on one line (exit 2), like every other bad input."""
 
@@ -501,6 +589,25 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
     tr.add_argument("--threads", type=int, help="torch CPU threads")
     tr.set_defaults(func=cmd_trace)
+
+    sc = sub.add_parser("scan", help="audit a training set: which rows look tampered, and why")
+    sc.add_argument(
+        "data", metavar="DATA", help="data to scan: `digits`, an .npz, IDX or CIFAR files, or a folder"
+    )
+    sc.add_argument("--format", choices=OWNER_FORMATS, help="DATA's format (default: from the path)")
+    sc.add_argument("--out", default="runs/scan", help="folder for scan.csv, results.json, report.html")
+    sc.add_argument(
+        "--model", default="cnn", help="architecture trained per fold and on all rows (default cnn)"
+    )
+    sc.add_argument("--weights", help="your trained model's state dict (torch.save) for the full model")
+    sc.add_argument("--epochs", type=int, default=8, help="training epochs of each model (default 8)")
+    sc.add_argument("--folds", type=int, default=3, help="cross-fitting folds (default 3)")
+    sc.add_argument("-k", type=int, default=10, help="nearest neighbours of the k-NN detectors (default 10)")
+    sc.add_argument("--truth", help="planted row ids (JSON list or text), for evaluation only")
+    sc.add_argument("--seed", type=int, default=0, help="seed of the folds and the models")
+    sc.add_argument("--threads", type=int, help="torch CPU threads")
+    sc.add_argument("--quiet", action="store_true", help="no progress bars")
+    sc.set_defaults(func=cmd_scan)
     return parser
 
 

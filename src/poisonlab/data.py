@@ -582,6 +582,24 @@ def _decode_image(path: Path, grayscale: bool | None, size: tuple[int, int] | No
     return arr / np.float32(scale)
 
 
+def image_folder_files(root) -> tuple[list[Path], list[int], list[Path]]:
+    """(image files, their labels, class folders) of an image folder, in the order its rows are loaded."""
+    root = _check_root(root)
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise _fail(root, "no class sub-folders (expected root/<class>/<image>.png)")
+    files: list[Path] = []
+    labels: list[int] = []
+    for label, class_dir in enumerate(class_dirs):
+        for path in sorted(class_dir.iterdir()):
+            if path.suffix.lower() in _IMAGE_EXTS and not path.name.startswith(".") and path.is_file():
+                files.append(path)
+                labels.append(label)
+    if not files:
+        raise _fail(root, "no .png/.jpg/.jpeg images in its class sub-folders")
+    return files, labels, class_dirs
+
+
 def load_image_folder(root, *, size: tuple[int, int] | None = None, grayscale: bool | None = None) -> Dataset:
     """Images in ``root/<class>/<image>.png|jpg|jpeg``; classes are the sorted sub-folder names.
 
@@ -598,18 +616,7 @@ def load_image_folder(root, *, size: tuple[int, int] | None = None, grayscale: b
         ):
             raise _fail(root, f"size must be (height, width) of positive ints, got {size!r}")
         size = (int(size[0]), int(size[1]))
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not class_dirs:
-        raise _fail(root, "no class sub-folders (expected root/<class>/<image>.png)")
-    files: list[Path] = []
-    labels: list[int] = []
-    for label, class_dir in enumerate(class_dirs):
-        for path in sorted(class_dir.iterdir()):
-            if path.suffix.lower() in _IMAGE_EXTS and not path.name.startswith(".") and path.is_file():
-                files.append(path)
-                labels.append(label)
-    if not files:
-        raise _fail(root, "no .png/.jpg/.jpeg images in its class sub-folders")
+    files, labels, class_dirs = image_folder_files(root)
     arrays: list[np.ndarray] = []
     for path in files:
         arr = _decode_image(path, grayscale, size)

@@ -12,10 +12,11 @@ row b of ``d`` is sample b's own gradient). A Linear or Conv2d layer's per-sampl
 
 and each layer takes the cheaper for the sizes at hand. Batch-norm affine parameters have closed-form
 per-sample gradients; any other parameter falls back to ``torch.func`` (vmap over grad). Each checkpoint
-is loaded once; training rows are tiled so that peak memory stays under ``memory_budget`` (and a tile near
-``FAST_TILE_BYTES``, the fastest size measured on CPU, unless ``batch_size`` fixes the rows per tile). An optional
-seeded random projection maps each layer's (u, d) to (R_u u, R_d d), an unbiased sketch of the products
-whose relative error against the exact scores on a probe subset is reported in ``last_projection_error``.
+is loaded once; training rows are tiled so that peak memory stays under ``memory_budget`` (and a tile
+near ``FAST_TILE_BYTES``, the fastest size measured on CPU, unless ``batch_size`` fixes the rows per tile).
+An optional seeded random projection maps each layer's (u, d) to (R_u u, R_d d), an unbiased sketch of the
+products whose relative error against the exact scores on a probe subset is reported in
+``last_projection_error``.
 """
 
 from __future__ import annotations

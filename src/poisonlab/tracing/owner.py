@@ -118,7 +118,10 @@ def load_carriers(path, who: str = "--carriers") -> Carriers:
     return Carriers(u.float(), marker, model, tuple(shape), tuple(classes), settings)
 
 
-def load_suspect(name: str, path, input_shape: tuple[int, ...], num_classes: int, who: str = "--weights"):
+def load_suspect(
+    name: str, path, input_shape: tuple[int, ...], num_classes: int, who: str = "--weights",
+    against: str = "the carriers",
+):  # fmt: skip
     """The suspect model: ``build_model(name, input_shape, num_classes)`` with the weights in ``path``
     (weights_only). One-line errors name what does not fit: its class count, its input shape, its kind."""
     if name not in MODELS:
@@ -127,7 +130,7 @@ def load_suspect(name: str, path, input_shape: tuple[int, ...], num_classes: int
     where = f"{who} {path}"
     head = state.get("head.weight")
     if isinstance(head, torch.Tensor) and head.ndim == 2 and head.shape[0] != num_classes:
-        raise DataError(f"{where}: the model has {head.shape[0]} classes but the carriers {num_classes}")
+        raise DataError(f"{where}: the model has {head.shape[0]} classes but {against} {num_classes}")
     model = build_model(name, input_shape, num_classes, seed=0)
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
@@ -138,7 +141,7 @@ def load_suspect(name: str, path, input_shape: tuple[int, ...], num_classes: int
     for key, value in expected.items():
         if tuple(state[key].shape) != tuple(value.shape):
             raise DataError(
-                f"{where}: a {name} for inputs of another shape than the carriers' {tuple(input_shape)} "
+                f"{where}: a {name} for inputs of another shape than {against}: {tuple(input_shape)} "
                 f"({key!r} has shape {tuple(state[key].shape)}, expected {tuple(value.shape)})"
             )
         if state[key].is_floating_point() and not all_finite(state[key]):
