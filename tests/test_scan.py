@@ -58,11 +58,12 @@ def test_scan_finds_label_flips_and_badnets_without_ground_truth(planted):
 
 
 def test_clean_digits_yield_few_flags():
-    result = scan(
-        load_digits(), train_config=CONFIG, seed=1, detectors=("label_quality", "knn_label", "trigger")
-    )
-    flagged = np.any(np.stack(list(result.flags.values())), 0)
-    assert flagged.mean() < 0.05
+    """Every detector flags under 3% of the clean digits (a few of which are truly ambiguous digits), and all
+    of them together under 7%: against 60-90% of the planted rows above."""
+    detectors = ("label_quality", "knn_label", "trigger")
+    result = scan(load_digits(), train_config=CONFIG, seed=1, detectors=detectors)
+    assert all(flag.mean() < 0.03 for flag in result.flags.values())
+    assert np.any(np.stack(list(result.flags.values())), 0).mean() < 0.07
 
 
 def test_confident_learning_flags_the_off_diagonal_and_combination_puts_one_strong_detector_first():
