@@ -25,6 +25,7 @@ from _common import add_data_root, command_line, provenance, write_result
 from poisonlab.attacks import BadNets, RandomLabelFlip
 from poisonlab.bench.tables import markdown_table
 from poisonlab.data import load_dataset, stratified_subset
+from poisonlab.metrics import detection_metrics
 from poisonlab.scan import scan
 from poisonlab.scan.output import evaluate
 from poisonlab.training import TrainConfig
@@ -46,17 +47,13 @@ def cleanlab_columns(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray,
     return 1 - get_label_quality_scores(labels, probs), find_label_issues(labels, probs)
 
 
-def measure(name: str, truth: np.ndarray, scores: np.ndarray, flags: np.ndarray | None) -> dict:
-    from sklearn.metrics import roc_auc_score
-
-    order = np.argsort(-scores, kind="stable")
-    row = {"scores": name, "auroc": roc_auc_score(truth, scores)}
-    for pct in (1, 5):
-        top = order[: round(pct / 100 * len(truth))]
-        row[pct] = (truth[top].sum() / truth.sum(), truth[top].mean())
-    row["flags"] = None if flags is None else (flags.mean(), truth[flags].mean() if flags.any() else 0.0,
-                                                flags[truth].mean())  # fmt: skip
-    return row
+def measure(name: str, entry: dict) -> dict:
+    """A row of the table from an :func:`~poisonlab.scan.output.evaluate` entry."""
+    flags = None
+    if "flagged_fraction" in entry:
+        flags = (entry["flagged_fraction"], entry["flag_precision"] or 0.0, entry["flag_recall"])
+    return {"scores": name, "auroc": entry["auroc"], 1: (entry["recall_at_1pct"], entry["precision_at_1pct"]),
+            5: (entry["recall_at_5pct"], entry["precision_at_5pct"]), "flags": flags}  # fmt: skip
 
 
 def cells(data_name: str, family: str, r: dict) -> list[str]:
@@ -87,12 +84,15 @@ def main() -> None:
             result = scan(poisoned.data, train_config=config, seed=0)
             seconds = time.perf_counter() - start
             timings.append(f"{data_name}, {family}: {seconds:.0f} s")
-            rows = [measure(name, truth, result.scores[name], result.flags[name]) for name in result.scores]
-            rows.append(measure("combined (poisonlab)", truth, result.combined, None))
+            evaluation = evaluate(result, truth)
+            rows = [measure(name, evaluation[name]) for name in result.scores]
+            rows.append(measure("combined (poisonlab)", evaluation["combined"]))
             quality, issues = cleanlab_columns(result.labels, result.out_of_fold)
-            rows.append(measure("cleanlab label quality", truth, quality, issues))
-            rows.append(measure("loss baseline", truth, result.baseline["loss"], None))
-            assert evaluate(result, truth)["combined"]["auroc"] == rows[-3]["auroc"]
+            theirs = detection_metrics(quality, truth, float(quality.max()) + 1.0)  # rank metrics only
+            theirs.update(flagged_fraction=issues.mean(), flag_precision=truth[issues].mean() if issues.any()
+                          else 0.0, flag_recall=issues[truth].mean())  # fmt: skip
+            rows.append(measure("cleanlab label quality", theirs))
+            rows.append(measure("loss baseline", evaluation["loss"]))
             for r in rows:
                 table.append(cells(data_name, family, r))
                 print(" | ".join(table[-1]), flush=True)

@@ -432,6 +432,8 @@ def _read_truth(path: str, rows: int):
     (what `poisonlab mark` writes), or a text file of row ids, one per line."""
     import numpy as np
 
+    from poisonlab.checks import one_line
+
     file = Path(path).expanduser()
     if not file.is_file():
         raise PoisonlabError(f"--truth {path}: file not found")
@@ -439,7 +441,7 @@ def _read_truth(path: str, rows: int):
     try:
         value = json.loads(text) if file.suffix == ".json" else [int(v) for v in text.split()]
     except ValueError as err:
-        raise PoisonlabError(f"--truth {path}: not a list of row ids ({_first_line(err)})") from None
+        raise PoisonlabError(f"--truth {path}: not a list of row ids ({one_line(err)})") from None
     if isinstance(value, dict):
         value = value.get("rows")
     if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
@@ -450,10 +452,6 @@ def _read_truth(path: str, rows: int):
     mask = np.zeros(rows, bool)
     mask[value] = True
     return mask
-
-
-def _first_line(err: Exception) -> str:
-    return str(err).splitlines()[0] if str(err) else type(err).__name__
 
 
 def cmd_scan(args) -> int:

@@ -48,12 +48,17 @@ def features_for(detector: Detector, data: Dataset, run: TrainRun | None, featur
     return penultimate(run, data)
 
 
-def knn_scores(features: torch.Tensor, labels: torch.Tensor, k: int, num_classes: int) -> np.ndarray:
-    """Margin by which the best other label beats the row's own label among its k neighbours, over k."""
-    votes = neighbour_votes(features, labels, k, num_classes).double()
+def vote_margin(votes: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """(best other label's votes - own label's votes) / k per row, from (N, classes) neighbour votes."""
+    votes = votes.double()
     own = votes.gather(1, labels[:, None]).squeeze(1)
     other = votes.scatter(1, labels[:, None], -1.0).max(1).values
-    return ((other - own) / k).numpy()
+    return (other - own) / k
+
+
+def knn_scores(features: torch.Tensor, labels: torch.Tensor, k: int, num_classes: int) -> np.ndarray:
+    """Margin by which the best other label beats the row's own label among its k neighbours, over k."""
+    return vote_margin(neighbour_votes(features, labels, k, num_classes), labels, k).numpy()
 
 
 @register("detector", "knn")

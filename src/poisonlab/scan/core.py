@@ -50,6 +50,7 @@ from poisonlab.checks import check_dataset, check_int, check_seed
 from poisonlab.data import Dataset
 from poisonlab.detection.activation_clustering import cluster_scores
 from poisonlab.detection.influence import TracInCP
+from poisonlab.detection.knn import vote_margin
 from poisonlab.detection.spectral import spectral_scores
 from poisonlab.detection.strip import Strip
 from poisonlab.errors import ConfigError
@@ -231,7 +232,8 @@ def scan(
         raise ConfigError("scan: no detector chosen")
     config = train_config or TrainConfig(epochs=8, checkpoint_every=2)
     n, c = len(data), data.num_classes
-    smallest = int(torch.bincount(data.y, minlength=c)[torch.bincount(data.y, minlength=c) > 0].min())
+    counts = torch.bincount(data.y, minlength=c)
+    smallest = int(counts[counts > 0].min())
     if smallest < folds:
         raise ConfigError(f"scan: a class has {smallest} row(s), fewer than the {folds} folds")
     if n - n // folds <= k:
@@ -255,10 +257,8 @@ def scan(
         probs[inside] = p[inside]
         if "knn_label" in detectors:
             _, near = _nearest(feats[inside], feats[outside], k, exclude_self=False)
-            votes = F.one_hot(data.y[outside][near], c).sum(1).double()
-            own = votes.gather(1, data.y[inside][:, None]).squeeze(1)
-            other = votes.scatter(1, data.y[inside][:, None], -1.0).max(1).values
-            knn_margin[inside] = (other - own) / k
+            votes = F.one_hot(data.y[outside][near], c).sum(1)
+            knn_margin[inside] = vote_margin(votes, data.y[inside], k)
         rows = inside.numpy()
         if "spectral" in detectors:
             spectral[rows] = _per_class_scaled(spectral_scores(feats[inside], data.y[inside]), labels[rows])

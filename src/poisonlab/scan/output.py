@@ -31,20 +31,18 @@ def write_csv(result: Scan, path, paths: list[str] | None = None) -> Path:
 
 
 def evaluate(result: Scan, truth: np.ndarray) -> dict:
-    """Against a ground-truth mask (evaluation only): per detector and combined, AUROC and, at 1% and 5%
-    of the rows flagged, recall and precision; and each detector's own flags' fraction, precision, recall."""
-    from sklearn.metrics import roc_auc_score
+    """Against a ground-truth mask (evaluation only): per score column (poisonlab's
+    :func:`~poisonlab.metrics.detection_metrics`) AUROC and recall / precision at 1% and 5% of the rows
+    flagged; for a detector with flags, its flagged fraction with their precision and recall."""
+    from poisonlab.metrics import detection_metrics
 
     truth = np.asarray(truth, bool)
     out = {}
     columns = {**result.scores, **result.baseline, "combined": result.combined}
+    keys = ("auroc", "recall_at_1pct", "precision_at_1pct", "recall_at_5pct", "precision_at_5pct")
     for name, values in columns.items():
-        entry = {"auroc": float(roc_auc_score(truth, values)) if 0 < truth.sum() < len(truth) else None}
-        order = np.argsort(-values, kind="stable")
-        for fraction in (0.01, 0.05):
-            top = order[: max(1, round(fraction * len(truth)))]
-            entry[f"recall_at_{round(fraction * 100)}pct"] = float(truth[top].sum() / max(truth.sum(), 1))
-            entry[f"precision_at_{round(fraction * 100)}pct"] = float(truth[top].mean())
+        measured = detection_metrics(values, truth, float(np.max(values)) + 1.0)  # rank metrics only
+        entry = {key: measured.get(key) for key in keys}
         if name in result.flags:
             flag = result.flags[name]
             entry["flagged_fraction"] = float(flag.mean())
