@@ -5,6 +5,8 @@ BIN     := $(VENV)/bin
 # Pinned so pip takes the local CPU build instead of a multi-GB CUDA one.
 TORCH   := torch==2.13.0
 DATA    ?= $(abspath ../shared/data)
+# Test processes: each test runs one torch thread, so two processes (one per test file) keep both cores busy.
+JOBS    ?= 2
 
 .PHONY: run test test-fast lint venv clean
 
@@ -22,7 +24,7 @@ run: venv
 
 test: venv
 	$(BIN)/ruff check src tests benchmarks
-	POISONLAB_DATA=$(DATA) $(BIN)/python -m pytest -q
+	POISONLAB_DATA=$(DATA) $(BIN)/python -m pytest -q -n $(JOBS) --dist loadfile
 
 test-fast: venv   # the everyday lane, under a minute; CI runs `make test`
 	$(BIN)/ruff check src tests benchmarks
