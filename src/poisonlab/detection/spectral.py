@@ -1,14 +1,24 @@
 """Spectral signatures (Tran, Li & Madry 2018): backdoor poisons leave a trace in the top singular direction.
 
-Per given label c, with R_c the penultimate features of the rows labelled c centred on their mean and v_c
-the top right singular vector of R_c, each row's score is its squared projection
+Per given label c, with R_c the penultimate features of the rows labelled c centred on a location m_c and
+v_c the top right singular vector of R_c, each row's score is its squared projection
 
-    s_i = ((f_i - mean_c) . v_c)^2
+    s_i = ((f_i - m_c) . v_c)^2
 
 (Tran et al. remove the 1.5 eps rows of each class with the highest s). Features, not logits.
+
+Tran et al. centre on the class mean (``centre="mean"``). When the poisons are a large share of a class
+(all-to-one at 10% puts them at half of the target class), the mean sits between the clean and the poison
+clusters and both sides score high. Our default centres on the coordinate-wise median (``"median"``), a
+robust location a poisoned minority cannot drag. MNIST BadNets all-to-one, 6,000 rows, AUROC mean / median /
+ART's uncentred projection (``"none"``): 1% 0.83 / 0.92 / 0.19, 3% 0.79 / 0.87 / 0.66, 10% 0.73 / 0.86 /
+0.93, 20% 0.62 / 0.72 / 0.995 (benchmarks/results/spectral_centre.md). No rule wins everywhere: the
+uncentred projection wins once the poisons are the class's majority and fails when they are few.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import numpy as np
 import torch
@@ -36,14 +46,25 @@ def penultimate(run: TrainRun, data: Dataset, batch_size: int = 256) -> torch.Te
     return run.shared(("features",), data, compute)
 
 
-def spectral_scores(features: torch.Tensor, labels: torch.Tensor, *, normalize: bool = False) -> np.ndarray:
+Centre = Literal["median", "mean", "none"]
+
+
+def spectral_scores(
+    features: torch.Tensor, labels: torch.Tensor, *, normalize: bool = False, centre: Centre = "median"
+) -> np.ndarray:
     """Squared projection of each row's class-centred features on its class's top singular direction."""
     out = torch.zeros(len(labels), dtype=torch.float64)
     for c in labels.unique():
         rows = (labels == c).nonzero().flatten()
         if len(rows) < 2:
             continue
-        centred = features[rows] - features[rows].mean(0)
+        x = features[rows]
+        if centre == "mean":
+            centred = x - x.mean(0)
+        elif centre == "median":
+            centred = x - x.median(0).values
+        else:
+            centred = x
         top = torch.linalg.svd(centred, full_matrices=False).Vh[0]
         s = (centred @ top).pow(2)
         out[rows] = s / s.median().clamp_min(1e-12) if normalize else s
@@ -57,6 +78,11 @@ class SpectralSignature(Detector):
     normalize: bool = Field(
         False, description="divide each class's scores by their median so classes compare"
     )
+    centre: Centre = Field(
+        "median",
+        description="the class location the features are centred on: median (robust, our default), mean "
+        "(Tran 2018) or none (ART's uncentred projection)",
+    )
 
     def _scores(self, data: Dataset, run: TrainRun, *, test=None, generator=None) -> np.ndarray:
-        return spectral_scores(penultimate(run, data), data.y, normalize=self.normalize)
+        return spectral_scores(penultimate(run, data), data.y, normalize=self.normalize, centre=self.centre)
