@@ -10,10 +10,11 @@ v_c the top right singular vector of R_c, each row's score is its squared projec
 Tran et al. centre on the class mean (``centre="mean"``). When the poisons are a large share of a class
 (all-to-one at 10% puts them at half of the target class), the mean sits between the clean and the poison
 clusters and both sides score high. Our default centres on the coordinate-wise median (``"median"``), a
-robust location a poisoned minority cannot drag. MNIST BadNets all-to-one, 6,000 rows, AUROC mean / median /
-ART's uncentred projection (``"none"``): 1% 0.83 / 0.92 / 0.19, 3% 0.79 / 0.87 / 0.66, 10% 0.73 / 0.86 /
-0.93, 20% 0.62 / 0.72 / 0.995 (benchmarks/results/spectral_centre.md). No rule wins everywhere: the
-uncentred projection wins once the poisons are the class's majority and fails when they are few.
+robust location a poisoned minority cannot drag. MNIST all-to-one, 6,000 rows, AUROC mean / median / ART's
+uncentred projection (``"none"``): BadNets 1% 0.69 / 0.73 / 0.24, 3% 0.82 / 0.94 / 0.61, 10% 0.80 / 0.92 /
+0.98, 20% 0.61 / 0.59 / 0.90; blend 1% 0.995 / 0.998 / 0.002 (benchmarks/results/spectral_centre.md). No
+centre wins everywhere: the uncentred projection wins once the poisons are half or more of the class and
+fails when they are few; the median loses to the mean once they are the majority.
 """
 
 from __future__ import annotations
