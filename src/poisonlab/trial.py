@@ -30,7 +30,7 @@ from poisonlab.metrics import detection_metrics, mad_threshold
 from poisonlab.models import build_model
 from poisonlab.poison import PoisonedDataset
 from poisonlab.registry import Method
-from poisonlab.training import TrainHook, TrainRun, accuracy, train, train_head
+from poisonlab.training import TrainHook, TrainRun, accuracy, predict, train, train_head
 
 if TYPE_CHECKING:
     from poisonlab.experiment import ExperimentConfig
@@ -417,9 +417,48 @@ def defend(t: Trial) -> None:
         if "pruned_fraction" in kept:
             m[f"{prefix}.pruned_fraction"] = kept["pruned_fraction"]
         m[f"{prefix}.steps"] = float(max(0, len(repair.steps) - 1))
+        guarded(t, ident, repair.model, defender, held, trig_held, attack, goal)
         record = {"name": defense.name, "steps": repair.steps, **repair.info}
         t.artifacts.defenses[ident] = record
         t.artifacts.figure_sources.append((defense, ident, record))
+
+
+def guarded(t: Trial, ident: str, repaired: nn.Module, defender, held, trig_held, attack, goal) -> None:
+    """Each input detector in front of the repaired model (Kashyap & Maheshwari 2024's goal: STRIP, then the
+    fine-pruned model): a rejected input gets no prediction. Keys ``defense.<id>.<measure>_with_<detector>``:
+    ``guard_frr`` and ``guard_far`` of the guard, ``clean_accuracy`` (held-out clean rows accepted and
+    classified correctly), ``attack_success`` (triggered rows accepted and classified as the target) and
+    ``net_attack_success`` (minus the twin's unguarded success on the same rows); with the suffix
+    ``_on_victim`` their code's variant: the guard reads the unrepaired victim, the repaired model
+    classifies."""
+    if attack is None or attack.target is None or not len(trig_held):
+        return
+    y_clean = predict(repaired, held.x).argmax(1)
+    y_trig = predict(repaired, trig_held).argmax(1)
+    twin = None
+    if t.twin is not None:
+        twin = (predict(t.twin.model, trig_held).argmax(1) == attack.target).float().mean().item()
+    m = t.metrics
+    for det_id, detector in t.methods.input_detectors:
+        for suffix, guard in ((f"_with_{det_id}", repaired), (f"_with_{det_id}_on_victim", t.victim.model)):
+            ok_clean, ok_trig = (
+                torch.as_tensor(ok)
+                for ok in detector.screen(
+                    guard,
+                    defender,
+                    [held.x, trig_held],
+                    t.stream("input_detector", f"{det_id}.{ident}{suffix}"),
+                )
+            )
+            success = (ok_trig & (y_trig == attack.target)).float().mean().item()
+            m[f"defense.{ident}.guard_frr{suffix}"] = 1.0 - ok_clean.float().mean().item()
+            m[f"defense.{ident}.guard_far{suffix}"] = ok_trig.float().mean().item()
+            m[f"defense.{ident}.clean_accuracy{suffix}"] = (
+                (ok_clean & (y_clean == held.y)).float().mean().item()
+            )
+            m[f"defense.{ident}.attack_success{suffix}"] = success
+            if twin is not None:
+                m[f"defense.{ident}.net_attack_success{suffix}"] = success - twin
 
 
 def purify(t: Trial) -> None:

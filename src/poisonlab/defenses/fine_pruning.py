@@ -19,6 +19,17 @@ oracle, and its metrics say so. The attack success of each step is recorded in b
 The "last conv layer" is found generically: the last ``nn.Conv2d`` of ``model.body``; its output
 channels are masked at the output of the top-level block that holds it (the conv itself in ``cnn``, the
 last residual block in ``resnet18``, whose post-ReLU output is what a pruned channel must silence).
+
+``rule: weight_threshold`` is seed 004's own pruning step instead (Kashyap & Maheshwari 2024, section 3 and
+their code): in every convolutional layer,
+
+    threshold = min + (max - min) x step        (over the layer's signed weights)
+
+and the weights below it are set to zero, then the model is fine-tuned. As in their code the weights are
+signed (so a step zeroes the most negative ones, not the smallest magnitudes), the threshold is recomputed
+from the current weights at every step, and the zeroed weights stay trainable (no mask: fine-tuning may
+move them again). Their code fine-tunes one epoch with Adam per step; ours uses the same fine-tuning for
+both rules, so the two differ in the pruning step alone.
 """
 
 from __future__ import annotations
@@ -98,15 +109,81 @@ def attack_success(model: nn.Module, triggered: torch.Tensor | None, target: int
     return (predict(model, triggered).argmax(1) == target).float().mean().item()
 
 
+class ChannelPruner:
+    """Liu 2018: mask the last conv layer's channels least active on the defender's clean rows, a share
+    ``step`` more at each call (re-ranked on the fine-tuned model when ``rerank``)."""
+
+    unit = "channels"
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, defense: FinePruning):
+        self.model, self.x, self.rerank = model, x, defense.rerank
+        self.mask = mask_last_conv(model)
+        self.total = len(self.mask.mask)
+        self.per_step = max(1, round(defense.step * self.total))
+        self.limit = min(self.total - 1, int(defense.max_pruned * self.total))
+        self.pruned = 0
+        self.ranking = channel_activations(model, self.mask, x).argsort()
+
+    def exhausted(self) -> bool:
+        return self.pruned >= self.limit
+
+    def prune(self) -> tuple[int, float]:
+        """(channels masked so far, their share)."""
+        if self.rerank and self.pruned:
+            act = channel_activations(self.model, self.mask, self.x)
+            act[self.mask.mask == 0] = -1.0  # the pruned stay first
+            self.ranking = act.argsort()
+        self.pruned = min(self.limit, self.pruned + self.per_step)
+        with torch.no_grad():
+            self.mask.mask[self.ranking[: self.pruned]] = 0.0
+        return self.pruned, self.pruned / self.total
+
+
+class WeightThresholdPruner:
+    """Seed 004 (Kashyap & Maheshwari 2024): in every Conv2d, zero the weights below
+    min + (max - min) x ``step`` of the layer's current signed weights; at most max_pruned / step calls."""
+
+    unit = "weights"
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, defense: FinePruning):
+        self.convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+        if not self.convs:
+            raise ConfigError("fine_pruning: rule weight_threshold needs a model with a Conv2d layer")
+        self.step = defense.step
+        self.total = sum(c.weight.numel() for c in self.convs)
+        self.limit = max(1, int(defense.max_pruned / defense.step + 1e-9))
+        self.calls = 0
+
+    def exhausted(self) -> bool:
+        return self.calls >= self.limit
+
+    @torch.no_grad()
+    def prune(self) -> tuple[int, float]:
+        """(conv weights at zero after this step, their share)."""
+        self.calls += 1
+        for conv in self.convs:
+            w = conv.weight
+            threshold = w.min() + (w.max() - w.min()) * self.step
+            w[w < threshold] = 0.0
+        zeros = sum(int((c.weight == 0).sum()) for c in self.convs)
+        return zeros, zeros / self.total
+
+
 @register("defense", "fine_pruning")
 class FinePruning(Defense):
-    """Fine-pruning (Liu 2018): prune the last conv layer's dormant channels in steps, fine-tune."""
+    """Fine-pruning (Liu 2018): prune the last conv layer's dormant channels in steps, fine-tune (or seed
+    004's weight-threshold step, ``rule: weight_threshold``)."""
 
     step: float = Field(
         0.05, gt=0, le=1, description="share of the channels pruned per step (Kashyap & Maheshwari 2024: 5%)"
     )
     max_accuracy_drop: float = Field(
         0.04, ge=0, le=1, description="stop once clean accuracy falls below the start minus this"
+    )
+    rule: Literal["activation", "weight_threshold"] = Field(
+        "activation",
+        description="activation: mask the last conv layer's least active channels (Liu 2018); "
+        "weight_threshold: zero the conv weights below min + (max - min) x step (seed 004's rule)",
     )
     stop: Literal["accuracy", "oracle_success"] = Field(
         "accuracy",
@@ -154,17 +231,13 @@ class FinePruning(Defense):
         if triggered is not None and len(triggered):
             trig_val = triggered[torch.randperm(len(triggered), generator=generator)[: max(n_val, 1)]]
         model = copy.deepcopy(model).eval()
-        mask = mask_last_conv(model)
-        channels = len(mask.mask)
-        per_step = max(1, round(self.step * channels))
-        limit = min(channels - 1, int(self.max_pruned * channels))
+        pruner = (ChannelPruner if self.rule == "activation" else WeightThresholdPruner)(model, tune.x, self)
         acc0, asr0 = accuracy(model, val), attack_success(model, trig_val, target)
         cutoff = acc0 - self.max_accuracy_drop
         steps = [
             {"step": 0, "pruned": 0, "pruned_fraction": 0.0, "clean_accuracy": acc0, "attack_success": asr0}
         ]
         best_state = copy.deepcopy(model.state_dict())
-        ranking = channel_activations(model, mask, tune.x).argsort()
         config = TrainConfig(
             epochs=max(1, self.finetune_epochs),
             lr=self.lr,
@@ -174,15 +247,9 @@ class FinePruning(Defense):
             device="cpu",
             checkpoint_every=max(1, self.finetune_epochs),
         )
-        acc, asr, pruned = acc0, asr0, 0
-        while acc >= cutoff and pruned < limit and not self._done(asr):
-            if self.rerank and pruned:
-                act = channel_activations(model, mask, tune.x)
-                act[mask.mask == 0] = -1.0  # the pruned stay first
-                ranking = act.argsort()
-            pruned = min(limit, pruned + per_step)
-            with torch.no_grad():
-                mask.mask[ranking[:pruned]] = 0.0
+        acc, asr = acc0, asr0
+        while acc >= cutoff and not pruner.exhausted() and not self._done(asr):
+            pruned, fraction = pruner.prune()
             if self.finetune_epochs:
                 train(model, tune, config, seed=(seed + len(steps)) % 2**64)
             model.eval()
@@ -191,7 +258,7 @@ class FinePruning(Defense):
                 {
                     "step": len(steps),
                     "pruned": pruned,
-                    "pruned_fraction": pruned / channels,
+                    "pruned_fraction": fraction,
                     "clean_accuracy": acc,
                     "attack_success": asr,
                 }
@@ -202,10 +269,10 @@ class FinePruning(Defense):
         model.eval()
         kept = max(i for i, s in enumerate(steps) if s["clean_accuracy"] >= cutoff)
         info = {
-            "channels": channels,
+            pruner.unit: pruner.total,
             "cutoff": cutoff,
             "kept_step": kept,
-            "layer_channels_pruned": steps[kept]["pruned"],
+            "pruned_at_kept_step": steps[kept]["pruned"],
             "max_accuracy_drop": self.max_accuracy_drop,
             "target_success": self.target_success,
         }
@@ -224,5 +291,6 @@ class FinePruning(Defense):
                 record.get("cutoff"),
                 record.get("target_success"),
                 record.get("kept_step"),
+                unit="weights" if "weights" in record else "channels",
             )
         }

@@ -60,6 +60,17 @@ class InputDetector(Method):
         scores = self.input_scores(model, clean, pool, generator)
         return boundary_for_frr(scores, self.frr, self.name or type(self).__name__), scores
 
+    def screen(
+        self, model: nn.Module, clean: Dataset, inputs: list[torch.Tensor], generator: torch.Generator
+    ) -> list[np.ndarray]:
+        """Accept (True) or reject each row of each tensor in ``inputs``: the boundary is fitted on the same
+        share ``fit_fraction`` of the defender's ``clean`` rows as :meth:`evaluate` uses (all are the pool).
+        The guard in front of a model: a rejected input gets no prediction."""
+        order = torch.randperm(len(clean), generator=generator)
+        n_fit = max(1, round(self.fit_fraction * len(clean)))
+        boundary, _ = self.fit(model, clean.x[order[:n_fit]], clean.x, generator)
+        return [self.input_scores(model, x, clean.x, generator) >= boundary for x in inputs]
+
     def evaluate(
         self, model: nn.Module, clean: Dataset, triggered: torch.Tensor, generator: torch.Generator
     ) -> tuple[dict[str, float], dict[str, np.ndarray]]:

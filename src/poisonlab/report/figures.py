@@ -304,7 +304,9 @@ def strip_histogram_png(
     return figure_to_png(fig)
 
 
-def fine_pruning_png(name: str, steps: list[dict], cutoff=None, target_success=None, kept=None) -> bytes:
+def fine_pruning_png(
+    name: str, steps: list[dict], cutoff=None, target_success=None, kept=None, unit: str = "channels"
+) -> bytes:
     """Fine-pruning: clean accuracy and attack success after each prune + fine-tune step."""
     fig = Figure(figsize=(6.4, 3.6))
     ax = fig.add_subplot()
@@ -322,7 +324,9 @@ def fine_pruning_png(name: str, steps: list[dict], cutoff=None, target_success=N
         ax.axhline(100 * target_success, color="tab:red", linestyle=":", linewidth=1, label="success target")
     if kept is not None and 0 <= kept < len(x):
         ax.axvline(x[kept], color="black", linestyle="--", linewidth=1, label="model kept")
-    ax.set_xlabel("channels of the last conv layer pruned (%)")
+    ax.set_xlabel(
+        "channels of the last conv layer pruned (%)" if unit == "channels" else "conv weights at zero (%)"
+    )
     ax.set_ylabel("%")
     ax.set_ylim(-2, 102)
     ax.set_title(_mpl_text(f"{name}: prune and fine-tune"), fontsize=10)
