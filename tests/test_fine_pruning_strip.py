@@ -1,15 +1,19 @@
 """Seed 004's own pieces beside Liu et al.'s fine-pruning: its weight-threshold pruning rule, and STRIP in
 front of the repaired model (the combination the seed sets as its goal), on 8x8 digits."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
 
-from poisonlab.defenses import FinePruning
+from poisonlab.attacks import PruningAware
+from poisonlab.defenses import FinePruning, channel_activations, mask_last_conv
 from poisonlab.defenses.fine_pruning import WeightThresholdPruner
 from poisonlab.experiment import ExperimentConfig, run_experiment
 from poisonlab.models import build_model
-from poisonlab.training import TrainConfig, train
+from poisonlab.training import TrainConfig, accuracy, predict, train
 
 FP = {"name": "fine_pruning", "step": 0.1, "finetune_epochs": 5, "lr": 0.02, "batch_size": 16,
       "max_accuracy_drop": 0.04}  # fmt: skip
@@ -85,3 +89,45 @@ def test_strip_in_front_of_the_fine_pruned_model_stops_what_the_repair_left(guar
     assert np.isclose(m["net_attack_success_with_strip"], m["attack_success_with_strip"] - twin)
     # seed 004's code: STRIP reads the unrepaired victim, the repaired model classifies
     assert m["attack_success_with_strip_on_victim"] < 0.25 * alone
+
+
+@pytest.fixture(scope="module")
+def pruning_aware(digits_split):
+    """Liu 2018's pruning-aware BadNets (5% to class 0, half of the last conv layer's 64 channels as decoys)
+    trained by the attacker from the clean model; the clean model; and the poisoned set."""
+    train_set, _ = digits_split
+    schedule = TrainConfig(epochs=20, batch_size=32, lr=0.05, milestones=(14,))
+    clean = train(build_model("cnn", train_set.input_shape, 10, seed=0), train_set, schedule, seed=0).model
+    attack = PruningAware(target=0, fraction=0.05, patch_size=3, margin=0)
+    poisoned = attack.craft(train_set, generator=torch.Generator().manual_seed(0))
+    victim = attack.train_victim(poisoned.data, train_set.x, clean, schedule, seed=0)
+    return attack, poisoned, clean, victim
+
+
+def test_pruning_aware_victim_hides_its_backdoor_behind_dormant_decoys(digits_split, pruning_aware):
+    """The attacker's victim carries the backdoor (ASR 100% against the clean model's 0%) at the clean
+    model's accuracy, and exactly the 32 decoy channels are dormant on clean and triggered inputs, so a
+    pruning defender removes them first, at no cost to the backdoor: pruning every decoy leaves the
+    predictions unchanged. Without the lowered biases the decoys would be active; a backdoor trained into
+    the decoys would go with them."""
+    _, test_set = digits_split
+    attack, poisoned, clean, victim = pruning_aware
+    goal = poisoned.goals[0]
+    assert attack.evaluate(victim.model, test_set, goal)["success_rate"] > 0.9
+    assert attack.evaluate(clean, test_set, goal)["success_rate"] < 0.1
+    assert accuracy(victim.model, test_set) > accuracy(clean, test_set) - 0.02
+    model = copy.deepcopy(victim.model)
+    mask = mask_last_conv(model)
+    triggered = attack.triggered(test_set, goal).x
+    dormant = (channel_activations(model, mask, test_set.x) == 0) & (
+        channel_activations(model, mask, triggered) == 0
+    )
+    assert int(dormant.sum()) == 32  # prune_fraction 0.5 of 64, and no other channel
+    before = predict(model, triggered).argmax(1)
+    with torch.no_grad():
+        mask.mask[dormant] = 0.0
+    assert torch.equal(predict(model, triggered).argmax(1), before)
+    with pytest.raises(ValidationError, match="setting from_scratch"):
+        ExperimentConfig.model_validate(
+            {"setting": "transfer", "attacks": [{"name": "pruning_aware", "target": 0}]}
+        )

@@ -169,6 +169,11 @@ class ExperimentConfig(BaseModel):
         for ident, _ in self.build_input_detectors():
             if ident.split(".")[0] in _METRIC_GROUPS:
                 raise ValueError(f"input detector id {ident!r} clashes with the metric group of that name")
+        trainers = [a.name for _, a in self.build_attacks() if a.trains_victim]
+        if trainers and (self.setting == "transfer" or len(trainers) > 1):
+            raise ValueError(
+                f"attack {trainers[0]} trains the whole victim itself: one such attack, setting from_scratch"
+            )
         for where, method in self.methods():
             _check_seeds(where, method)
         for where, schedule in self.schedules():

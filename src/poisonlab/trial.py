@@ -251,8 +251,15 @@ def craft(t: Trial) -> None:
 def train_models(t: Trial) -> None:
     """The victim on the released rows and, for net effects, its twin on the clean rows."""
     m = t.metrics
+    trainer = next((a for _, a in t.methods.attacks if a.trains_victim), None)
     with t.timed("train_victim"):
-        t.victim = t.fit(t.poisoned.data, f"trial {t.index + 1}: victim")
+        if trainer is None:
+            t.victim = t.fit(t.poisoned.data, f"trial {t.index + 1}: victim")
+        else:  # outsourced training: the attacker's procedure, from the clean model
+            clean = t.clean_twin().model
+            t.victim = trainer.train_victim(
+                t.poisoned.data, t.train_set.x, clean, t.config.train, seed=t.seed
+            )
     m["victim.clean_accuracy"] = accuracy(t.victim.model, t.eval_set)
     m["victim.train_accuracy_released"] = accuracy(t.victim.model, t.poisoned.data)
     if t.config.baseline or t.config.detect_with == "oracle_clean":

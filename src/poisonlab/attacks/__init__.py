@@ -7,6 +7,7 @@ from poisonlab.attacks.first_order import FirstOrder, MetaPoison
 from poisonlab.attacks.gradient_canceling import GradientCanceling  # noqa: F401  (registers it)
 from poisonlab.attacks.gradient_matching import GradientMatching
 from poisonlab.attacks.label_flip import RandomLabelFlip, TargetedLabelFlip
+from poisonlab.attacks.pruning_aware import PruningAware
 from poisonlab.attacks.radioactive import RadioactiveData
 from poisonlab.attacks.sleeper_agent import SleeperAgent
 from poisonlab.attacks.targeted import TargetedAttack
@@ -21,6 +22,7 @@ __all__ = [
     "FirstOrder",
     "GradientMatching",
     "MetaPoison",
+    "PruningAware",
     "RadioactiveData",
     "RandomLabelFlip",
     "SleeperAgent",

@@ -26,6 +26,9 @@ class Attack(Method):
     # the key of ``evaluate`` that measures success (reported net of the clean twin); None: indiscriminate
     # attacks, whose effect is the accuracy drop
     success_key: ClassVar[str | None] = None
+    # the attacker trains the victim itself (outsourced training): ``train_victim`` replaces the runner's
+    # training of the victim on the released set
+    trains_victim: ClassVar[bool] = False
 
     def craft(
         self,
