@@ -41,6 +41,7 @@ SETUP: dict[str, dict[str, tuple[dict, str]]] = {
         "label_flip_random": ({}, "defaults are cheap (3% of the rows)"),
         "badnets": ({}, "defaults are cheap (10% of the rows)"),
         "blend": ({}, "defaults are cheap (10% of the rows)"),
+        "pruning_aware": ({}, "crafting is BadNets' (cheap); its training of the victim is tested elsewhere"),
         "feature_collision": ({"steps": 5}, "500 forward-backward steps by default; 5 exercise the loop"),
         "first_order": ({"steps": 2}, "100 crafting steps by default; 2 exercise the update"),
         "metapoison": ({"steps": 2}, "60 unrolled crafting steps by default; 2 exercise them"),
