@@ -24,7 +24,7 @@ collect_ignore = [] if torch.cuda.is_available() else ["test_gpu.py"]
 # bad-input, contract and architecture tests; `make test` (what CI runs) adds the trained-model effect tests.
 FAST_MODULES = {
     "test_architecture.py", "test_bad_inputs_api.py", "test_bad_inputs_cli.py", "test_cli.py",
-    "test_contract.py", "test_data.py", "test_metrics.py", "test_report.py",
+    "test_contract.py", "test_data.py", "test_first_order_expansion.py", "test_metrics.py", "test_report.py",
 }  # fmt: skip
 
 
