@@ -255,7 +255,7 @@ def main() -> None:
     ours_spec_auc = roc_auc_score(is_poison, ours_spec) if ours_spec is not None else float("nan")
     ac_ok = det_results["activation clustering (ART 'smaller', default)"][0][0] is not None
     diag_auc = {
-        "ours (centred, squared)": ours_spec[in_t] if ours_spec is not None else None,
+        "ours (median-centred, squared: the default)": ours_spec[in_t] if ours_spec is not None else None,
         "ART (uncentred, absolute)": art_spec_scores[in_t],
         "centred, signed (max of both signs)": feats_t @ v_t,
     }
@@ -395,7 +395,7 @@ def main() -> None:
         "rows); ActivationDefence gives flags only. Time: median of "
         f"{args.repeats} runs alternating ours and ART's, feature extraction included (our feature cache "
         "is cleared before each run). Ratio = our time / ART's. Ours use their defaults (spectral: raw "
-        "squared projections; activation clustering: PCA to 10 dims, seeded 2-means, silhouette-weighted "
+        "squared projections on the class-median-centred features; activation clustering: PCA to 10 dims, seeded 2-means, silhouette-weighted "
         "margin, seed 0).",
         "",
         markdown_table(DETECTION_HEADER, det_rows),
@@ -463,10 +463,12 @@ def main() -> None:
         "",
         "* Spectral signatures: AUROC ours "
         f"{fmt_auc(ours_spec_auc)}, ART's scoring {fmt_auc(art_spec_auc)}. Inside the target class "
-        "(half poisons at 10% all-to-one) the diagnostics show what centring costs our squared score. "
-        "ART's *flags* are weak here for another reason (a fixed share of every class is flagged), so "
-        "neither side's flag rule fits this setting; the centring is a shortfall of our `spectral` "
-        "(a signed or uncentred projection would avoid it), not addressed here.",
+        "(half poisons at 10% all-to-one) the diagnostics show what any centre costs our squared score "
+        "there: the default centre is the class median (the mean, Tran et al.'s, gave 0.719 here on "
+        "2026-11-22), and ART's uncentred projection (`centre: none`) is better once the poisons are half "
+        "a class or more, worse when they are few (spectral_centre.md). ART's *flags* are weak here for "
+        "another reason (a fixed share of every class is flagged), so neither side's flag rule fits this "
+        "setting.",
         "* Activation clustering: at its own rule (score > 0) ours and ART's default 'smaller' "
         f"on the same penultimate features flag overlapping rows (Jaccard {ac_jac}; "
         "both flag a whole cluster per class, hence the low precision). The median + 3 MAD rule "
