@@ -395,8 +395,8 @@ def main() -> None:
         "rows); ActivationDefence gives flags only. Time: median of "
         f"{args.repeats} runs alternating ours and ART's, feature extraction included (our feature cache "
         "is cleared before each run). Ratio = our time / ART's. Ours use their defaults (spectral: raw "
-        "squared projections on the class-median-centred features; activation clustering: PCA to 10 dims, seeded 2-means, silhouette-weighted "
-        "margin, seed 0).",
+        "squared projections on the class-median-centred features; activation clustering: PCA to 10 "
+        "dims, seeded 2-means, silhouette-weighted margin, seed 0).",
         "",
         markdown_table(DETECTION_HEADER, det_rows),
         "",
