@@ -77,6 +77,7 @@ SETUP: dict[str, dict[str, tuple[dict, str]]] = {
         "simulated": ({}, "defaults are cheap (reads the truth mask)"),
         "tracin_self": ({}, "defaults are cheap on 3 checkpoints of a small cnn"),
         "tracin_test": ({}, "defaults are cheap on 3 checkpoints of a small cnn"),
+        "tracin_ideal": ({}, "records a cheap retraining of the small cnn (its scores need the training)"),
     },
     "defense": {
         "fine_pruning": (
@@ -274,6 +275,13 @@ def _check_detector(detector, data, victim, backdoored):
     states = [_state(run.model)] + [{k: v.clone() for k, v in c.state.items()} for c in run.checkpoints]
     fresh = TrainRun(run.model, run.checkpoints, run.history)  # no cache shared with other detectors
     gen = torch.Generator().manual_seed(0)
+    if detector.records_training:  # it reads what the victim's training recorded: without it, one line
+        with pytest.raises(ConfigError, match="training record"):
+            detector.scores(released, fresh, test=test_set, generator=gen)
+        model = build_model("cnn", released.input_shape, 10, seed=0)
+        fresh = train(model, released, SCHEDULE, seed=0, hook=detector.recorder(len(released)))
+        run = fresh
+        states = [_state(run.model)] + [{k: v.clone() for k, v in c.state.items()} for c in run.checkpoints]
     if detector.oracle():  # an evaluation-only oracle: it refuses to score without the truth mask
         with pytest.raises(ConfigError, match="oracle"):
             detector.scores(released, fresh, test=test_set, generator=gen)

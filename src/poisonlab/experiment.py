@@ -169,6 +169,9 @@ class ExperimentConfig(BaseModel):
         for ident, _ in self.build_input_detectors():
             if ident.split(".")[0] in _METRIC_GROUPS:
                 raise ValueError(f"input detector id {ident!r} clashes with the metric group of that name")
+        recording = [d.name for _, d in self.build_detectors() if d.records_training]
+        if recording and self.detect_with != "victim":
+            raise ValueError(f"detector {recording[0]} reads the victim's own training: detect_with victim")
         trainers = [a.name for _, a in self.build_attacks() if a.trains_victim]
         if trainers and (self.setting == "transfer" or len(trainers) > 1):
             raise ValueError(

@@ -88,6 +88,9 @@ class TrainRun:
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     cache: dict = field(default_factory=dict, repr=False)  # derived quantities detectors share (``shared``)
+    records: dict = field(
+        default_factory=dict, repr=False
+    )  # what a recording hook kept (``TrainHook.records``)
 
     def shared(self, key: tuple, data, compute, fits=None):
         """``compute()`` for ``data`` under ``key``, computed once per run and data object (again when
@@ -128,6 +131,16 @@ class TrainHook:
         """The batch's training loss (mean cross-entropy by default; a reweighting or semi-supervised defense
         changes it, ``model`` being the model in training)."""
         return F.cross_entropy(logits, yb)
+
+    def before_step(self, model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, rows: torch.Tensor) -> None:
+        """Called before each optimiser step with the batch as the model sees it and its row indices."""
+
+    def after_step(self, model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, rows: torch.Tensor) -> None:
+        """Called after each optimiser step (a recording hook measures what the step changed)."""
+
+    def records(self) -> dict:
+        """What the hook recorded during training; the run keeps it as ``TrainRun.records``."""
+        return {}
 
 
 def augment_batch(x: torch.Tensor, generator: torch.Generator, hflip: bool = True) -> torch.Tensor:
@@ -224,11 +237,15 @@ def train(
                 xb = augment_batch(xb, generator, config.hflip)
             if hook is not None:
                 xb = hook.inputs(xb, generator)
+            if hook is not None:
+                hook.before_step(model, xb, yb, batch)
             logits = model(xb)
             loss = hook.loss(logits, xb, yb, model) if hook is not None else F.cross_entropy(logits, yb)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if hook is not None:
+                hook.after_step(model, xb, yb, batch)
             total_loss += loss.item() * len(batch)
             correct += (logits.argmax(1) == yb).sum().item()
         if not torch.isfinite(torch.tensor(total_loss)):
@@ -249,7 +266,11 @@ def train(
             epochs.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['train_accuracy']:.3f}")
     model.eval()
     return TrainRun(
-        model=model, checkpoints=checkpoints, history=history, seconds=time.perf_counter() - start
+        model=model,
+        checkpoints=checkpoints,
+        history=history,
+        seconds=time.perf_counter() - start,
+        records=hook.records() if hook is not None else {},
     )
 
 
@@ -291,7 +312,7 @@ def train_head(
         for ckpt in run.checkpoints:
             ckpt.state = {k.removeprefix("model."): v for k, v in ckpt.state.items()}
         victim.cpu().eval()
-        return TrainRun(victim, run.checkpoints, run.history, run.seconds)
+        return TrainRun(victim, run.checkpoints, run.history, run.seconds, records=run.records)
 
     def as_features(d: Dataset) -> Dataset:
         with torch.no_grad():
@@ -307,7 +328,7 @@ def train_head(
     for ckpt in run.checkpoints:
         ckpt.state = {**body, **{f"head.{k.split('.', 1)[1]}": v for k, v in ckpt.state.items()}}
     victim.cpu().eval()
-    return TrainRun(victim, run.checkpoints, run.history, run.seconds)
+    return TrainRun(victim, run.checkpoints, run.history, run.seconds, records=run.records)
 
 
 class _FrozenBody(nn.Module):

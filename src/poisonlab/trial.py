@@ -254,7 +254,11 @@ def train_models(t: Trial) -> None:
     trainer = next((a for _, a in t.methods.attacks if a.trains_victim), None)
     with t.timed("train_victim"):
         if trainer is None:
-            t.victim = t.fit(t.poisoned.data, f"trial {t.index + 1}: victim")
+            recorders = [
+                d.recorder(len(t.poisoned.data)) for _, d in t.methods.detectors if d.records_training
+            ]
+            hook = recorders[0] if recorders else None  # one recorded training serves every such detector
+            t.victim = t.fit(t.poisoned.data, f"trial {t.index + 1}: victim", hook=hook)
         else:  # outsourced training: the attacker's procedure, from the clean model
             clean = t.clean_twin().model
             t.victim = trainer.train_victim(
@@ -369,6 +373,17 @@ def detect(t: Trial) -> None:
                 for key in PER_ATTACK_DETECTION:
                     if key in per_attack:
                         t.metrics[f"detection.{ident}.{gid}.{key}"] = per_attack[key]
+
+
+def detector_agreement(t: Trial) -> None:
+    """Spearman rank correlation of every pair of detectors' scores: ``detection.<a>.spearman_<b>``."""
+    from scipy.stats import spearmanr
+
+    ids = list(t.artifacts.scores)
+    for i, a in enumerate(ids):
+        for b in ids[i + 1 :]:
+            rho = spearmanr(t.artifacts.scores[a], t.artifacts.scores[b]).statistic
+            t.metrics[f"detection.{a}.spearman_{b}"] = float(rho)
 
 
 def attack_examples(t: Trial) -> None:
@@ -528,6 +543,7 @@ STAGES = (
     detection_model,
     train_defended,
     detect,
+    detector_agreement,
     attack_examples,
     defend,
     purify,

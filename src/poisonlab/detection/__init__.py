@@ -10,6 +10,7 @@ from poisonlab.detection.simulated import SimulatedDetector
 from poisonlab.detection.spectral import SpectralSignature
 from poisonlab.detection.strip import Strip
 from poisonlab.detection.tracin import TracInSelf, TracInTest, influence, self_influence, summed_influence
+from poisonlab.detection.tracin_ideal import TracInIdeal, TracInIdealRecorder
 
 __all__ = [
     "ActivationClustering",
@@ -22,6 +23,8 @@ __all__ = [
     "Strip",
     "TracInCP",
     "TracInSelf",
+    "TracInIdeal",
+    "TracInIdealRecorder",
     "TracInTest",
     "influence",
     "self_influence",

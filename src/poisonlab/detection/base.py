@@ -53,6 +53,8 @@ class Detector(Method):
 
     kind = "detector"
     needs_run: ClassVar[bool] = True  # scores read the trained run (the simulated oracle does not)
+    # scores read what the victim's training recorded: the runner trains the victim with ``recorder(n_rows)``
+    records_training: ClassVar[bool] = False
 
     def scores(
         self,
