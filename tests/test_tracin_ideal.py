@@ -3,6 +3,7 @@ and detection of flipped labels on digits beside TracInCP."""
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -88,3 +89,20 @@ def test_tracin_ideal_needs_the_victims_own_training():
         )
     with pytest.raises(ConfigError, match="GiB"):
         TracInIdealRecorder(60_000, torch.zeros(5_000, 1, 8, 8), torch.zeros(5_000, dtype=torch.int64))
+
+
+def test_per_step_first_order_tracin_matches_the_ideal_for_one_row_steps_and_a_small_rate(digits_split):
+    """Pruthi's first-order TracIn, (eta / b) ||grad l(w_t, z)||^2 summed over z's steps, is the ideal's
+    loss reduction up to O(eta^2) when each step holds one row (b = 1) and plain SGD takes it. Measured on
+    100 digits rows with `logreg`: at lr 0.01 the largest relative gap is 1.7% and the correlation 0.9999;
+    at lr 0.1 30% and 0.990 (the expansion's error grows with the rate). A wrong rate or a missing square
+    breaks the match."""
+    train_set, _ = digits_split
+    rows = train_set.subset(torch.arange(100))
+    recorder = TracInIdealRecorder(len(rows), first_order=True)
+    config = TrainConfig(epochs=1, batch_size=1, lr=0.01, momentum=0.0, weight_decay=0.0)
+    run = train(build_model("logreg", rows.input_shape, 10, seed=0), rows, config, seed=0, hook=recorder)
+    ideal, first = run.records["tracin_ideal.self"], run.records["tracin.per_step_self"]
+    assert (first > 0).all()
+    assert ((first - ideal).abs() / first).max() < 0.05
+    assert np.corrcoef(first.numpy(), ideal.numpy())[0, 1] > 0.999

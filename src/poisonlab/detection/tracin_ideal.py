@@ -9,6 +9,14 @@ hook (:class:`TracInIdealRecorder`) that evaluates, around each optimiser step, 
 given test points in eval mode (one extra forward of the batch and of the test points per step; the
 training's own forward and backward are untouched).
 
+With ``first_order=True`` the recorder also keeps the per-step first-order TracIn of mini-batch SGD
+(Pruthi et al., eq. 3: the 1/b factor of a batch of b rows),
+
+    TracIn(z, z) = sum over the steps t whose batch held z of  (eta_t / b) ||grad l(w_t, z)||^2
+
+with per-sample gradients at w_t (plain SGD: momentum and weight decay are outside the expansion), the
+ideal's first-order counterpart without the other rows of the batch.
+
 Choices: with mini-batches the whole loss change of a step is credited to every row of its batch (Pruthi et
 al. write the ideal for batch size 1); the losses are measured on the batch as the model saw it (after
 augmentation); batch-norm models are evaluated with their running statistics. Memory: a float64 per row
@@ -23,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call, grad, vmap
 
 from poisonlab.data import Dataset
 from poisonlab.detection.base import Detector
@@ -30,7 +39,7 @@ from poisonlab.errors import ConfigError
 from poisonlab.registry import register
 from poisonlab.training import TrainHook, TrainRun
 
-SELF, TEST = "tracin_ideal.self", "tracin_ideal.test"
+SELF, TEST, FIRST_ORDER = "tracin_ideal.self", "tracin_ideal.test", "tracin.per_step_self"
 
 
 @torch.no_grad()
@@ -46,7 +55,9 @@ class TracInIdealRecorder(TrainHook):
     """A training hook that accumulates TracInIdeal self-influence of the ``n_rows`` training rows and,
     given test points (inputs as the model sees them), their test influence (rows x test points)."""
 
-    def __init__(self, n_rows: int, test_x=None, test_y=None, max_bytes: int = 1 << 30):
+    def __init__(
+        self, n_rows: int, test_x=None, test_y=None, max_bytes: int = 1 << 30, first_order: bool = False
+    ):
         m = 0 if test_x is None else len(test_x)
         if 8 * n_rows * (1 + m) > max_bytes:
             raise ConfigError(
@@ -57,9 +68,36 @@ class TracInIdealRecorder(TrainHook):
         self.test_x, self.test_y = test_x, test_y
         self.test_influence = None if test_x is None else torch.zeros(n_rows, m, dtype=torch.float64)
         self._before = self._test_before = None
+        self.first_order = torch.zeros(n_rows, dtype=torch.float64) if first_order else None
+        self._config, self._epoch = None, 1
+
+    def begin(self, config) -> None:
+        self._config = config
+
+    def rows(self, epoch, model, x, y):
+        self._epoch = epoch  # the step's learning rate is the epoch's
+        return None
+
+    def _per_step_tracin(self, model: nn.Module, xb, yb, rows) -> None:
+        params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
+        buffers = {k: v.detach() for k, v in model.named_buffers()}
+        was_training = model.training
+        model.eval()
+
+        def loss_one(p, x, y):
+            logits = functional_call(model, (p, buffers), (x[None],))
+            return F.cross_entropy(logits, y[None])
+
+        grads = vmap(grad(loss_one), in_dims=(None, 0, 0))(params, xb, yb)
+        model.train(was_training)
+        squared = sum(g.flatten(1).pow(2).sum(1) for g in grads.values()).double().cpu()
+        lr = self._config.lr_at(self._epoch) if self._config is not None else 1.0
+        self.first_order.index_add_(0, rows.cpu(), lr / len(xb) * squared)
 
     def before_step(self, model, xb, yb, rows) -> None:
         self._before = _losses(model, xb, yb)
+        if self.first_order is not None:
+            self._per_step_tracin(model, xb, yb, rows)
         if self.test_x is not None and self._test_before is None:
             self._test_before = _losses(model, self.test_x.to(xb.device), self.test_y.to(xb.device))
 
@@ -75,6 +113,8 @@ class TracInIdealRecorder(TrainHook):
         out = {SELF: self.self_influence}
         if self.test_influence is not None:
             out[TEST] = self.test_influence
+        if self.first_order is not None:
+            out[FIRST_ORDER] = self.first_order
         return out
 
 
