@@ -88,9 +88,7 @@ class TrainRun:
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     cache: dict = field(default_factory=dict, repr=False)  # derived quantities detectors share (``shared``)
-    records: dict = field(
-        default_factory=dict, repr=False
-    )  # what a recording hook kept (``TrainHook.records``)
+    records: dict = field(default_factory=dict, repr=False)  # a recording hook's (``records()``)
 
     def shared(self, key: tuple, data, compute, fits=None):
         """``compute()`` for ``data`` under ``key``, computed once per run and data object (again when
@@ -237,7 +235,6 @@ def train(
                 xb = augment_batch(xb, generator, config.hflip)
             if hook is not None:
                 xb = hook.inputs(xb, generator)
-            if hook is not None:
                 hook.before_step(model, xb, yb, batch)
             logits = model(xb)
             loss = hook.loss(logits, xb, yb, model) if hook is not None else F.cross_entropy(logits, yb)

@@ -417,6 +417,7 @@ def defend(t: Trial) -> None:
         for key, value in values.items():
             m[f"{ident}.{key}"] = value
         t.artifacts.figure_sources.append((detector, ident, {**values, **entropies}))
+    on_victim: dict = {}  # each input detector's accept decisions with the victim: one for every defense
     for ident, defense in methods.defenses:
         with t.timed(f"defense.{ident}"):
             target = attack.target if attack is not None else None
@@ -439,40 +440,41 @@ def defend(t: Trial) -> None:
         if "pruned_fraction" in kept:
             m[f"{prefix}.pruned_fraction"] = kept["pruned_fraction"]
         m[f"{prefix}.steps"] = float(max(0, len(repair.steps) - 1))
-        guarded(t, ident, repair.model, defender, held, trig_held, attack, goal)
+        if attack is not None and attack.target is not None and len(trig_held):
+            guarded(t, ident, repair.model, defender, held, trig_held, attack.target, on_victim)
         record = {"name": defense.name, "steps": repair.steps, **repair.info}
         t.artifacts.defenses[ident] = record
         t.artifacts.figure_sources.append((defense, ident, record))
 
 
-def guarded(t: Trial, ident: str, repaired: nn.Module, defender, held, trig_held, attack, goal) -> None:
+def guarded(
+    t: Trial, ident: str, repaired: nn.Module, defender, held, trig_held, target: int, on_victim: dict
+) -> None:
     """Each input detector in front of the repaired model (Kashyap & Maheshwari 2024's goal: STRIP, then the
     fine-pruned model): a rejected input gets no prediction. Keys ``defense.<id>.<measure>_with_<detector>``:
     ``guard_frr`` and ``guard_far`` of the guard, ``clean_accuracy`` (held-out clean rows accepted and
     classified correctly), ``attack_success`` (triggered rows accepted and classified as the target) and
     ``net_attack_success`` (minus the twin's unguarded success on the same rows); with the suffix
-    ``_on_victim`` their code's variant: the guard reads the unrepaired victim, the repaired model
-    classifies."""
-    if attack is None or attack.target is None or not len(trig_held):
-        return
+    ``_on_victim`` their code's variant: the guard reads the unrepaired victim (its decisions, kept in
+    ``on_victim``, serve every defense), the repaired model classifies."""
     y_clean = predict(repaired, held.x).argmax(1)
     y_trig = predict(repaired, trig_held).argmax(1)
     twin = None
     if t.twin is not None:
-        twin = (predict(t.twin.model, trig_held).argmax(1) == attack.target).float().mean().item()
+        twin = (predict(t.twin.model, trig_held).argmax(1) == target).float().mean().item()
     m = t.metrics
     for det_id, detector in t.methods.input_detectors:
-        for suffix, guard in ((f"_with_{det_id}", repaired), (f"_with_{det_id}_on_victim", t.victim.model)):
-            ok_clean, ok_trig = (
-                torch.as_tensor(ok)
-                for ok in detector.screen(
-                    guard,
-                    defender,
-                    [held.x, trig_held],
-                    t.stream("input_detector", f"{det_id}.{ident}{suffix}"),
-                )
-            )
-            success = (ok_trig & (y_trig == attack.target)).float().mean().item()
+        inputs = [held.x, trig_held]
+        mine = detector.screen(repaired, defender, inputs, t.stream("input_detector", f"{det_id}.{ident}"))
+        if det_id not in on_victim:
+            stream = t.stream("input_detector", f"{det_id}.victim")
+            on_victim[det_id] = detector.screen(t.victim.model, defender, inputs, stream)
+        for suffix, decisions in (
+            (f"_with_{det_id}", mine),
+            (f"_with_{det_id}_on_victim", on_victim[det_id]),
+        ):
+            ok_clean, ok_trig = (torch.as_tensor(ok) for ok in decisions)
+            success = (ok_trig & (y_trig == target)).float().mean().item()
             m[f"defense.{ident}.guard_frr{suffix}"] = 1.0 - ok_clean.float().mean().item()
             m[f"defense.{ident}.guard_far{suffix}"] = ok_trig.float().mean().item()
             m[f"defense.{ident}.clean_accuracy{suffix}"] = (

@@ -49,25 +49,6 @@ def _block_bias(block: nn.Module, channels: int) -> torch.Tensor:
     return last
 
 
-@torch.no_grad()
-def channel_maxima(model: nn.Module, mask, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """Largest post-ReLU value of each masked channel over ``x`` (before the mask)."""
-    best = torch.zeros(len(mask.mask), dtype=torch.float64)
-
-    def keep_max(module, inputs, output) -> None:  # returns None: the output stays as it is
-        best.copy_(torch.maximum(best, inputs[0].relu().amax(dim=(0, 2, 3)).double().cpu()))
-
-    handle = mask.register_forward_hook(keep_max)
-    model.eval()
-    device = next(model.parameters()).device
-    try:
-        for xb in x.split(batch_size):
-            model.features(xb.to(device))
-    finally:
-        handle.remove()
-    return best
-
-
 @register("attack", "pruning_aware")
 class PruningAware(BadNets):
     """Pruning-aware BadNets (Liu 2018): the attacker trains the victim with decoy channels a pruning
@@ -99,7 +80,8 @@ class PruningAware(BadNets):
             mask.mask[pruned] = 0.0
         run = train(model, released, schedule, seed=seed)
         # de-prune: the decoys come back, pushed below zero on every training row
-        lift = channel_maxima(model, mask, torch.cat([clean_x, released.x]))[pruned] + self.decoy_margin
+        seen = torch.cat([clean_x, released.x])
+        lift = channel_activations(model, mask, seen, reduce="max")[pruned] + self.decoy_margin
         name, wrapped = next(
             (n, c) for n, c in model.body.named_children() if isinstance(c, nn.Sequential) and c[-1] is mask
         )

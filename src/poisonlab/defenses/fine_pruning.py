@@ -82,24 +82,31 @@ def mask_last_conv(model: nn.Module) -> ChannelMask:
 
 
 @torch.no_grad()
-def channel_activations(model: nn.Module, mask: ChannelMask, x: torch.Tensor, batch_size: int = 512):
-    """Mean post-ReLU activation of each masked channel on ``x`` (before the mask is applied)."""
+def channel_activations(
+    model: nn.Module, mask: ChannelMask, x: torch.Tensor, batch_size: int = 512, reduce: str = "mean"
+) -> torch.Tensor:
+    """Mean (or, ``reduce="max"``, largest) post-ReLU activation of each masked channel on ``x``, before
+    the mask is applied."""
     total = torch.zeros(len(mask.mask), dtype=torch.float64)
     seen = []
-    handle = mask.register_forward_hook(
-        lambda mod, inp, out: seen.append(inp[0].relu().mean(dim=(0, *range(2, inp[0].ndim))).double().cpu())
-    )
+
+    def keep(module, inputs, output) -> None:  # per channel, over the batch and the spatial axes
+        a = inputs[0].relu().transpose(0, 1).flatten(1)
+        seen.append((a.amax(1) if reduce == "max" else a.mean(1)).double().cpu())
+
+    handle = mask.register_forward_hook(keep)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     try:
         for xb in x.split(batch_size):
             model.features(xb.to(device))
-            total += seen.pop() * len(xb)
+            value = seen.pop()
+            total = torch.maximum(total, value) if reduce == "max" else total + value * len(xb)
     finally:
         handle.remove()
         model.train(was_training)
-    return total / max(1, len(x))
+    return total if reduce == "max" else total / max(1, len(x))
 
 
 def attack_success(model: nn.Module, triggered: torch.Tensor | None, target: int | None) -> float:

@@ -66,10 +66,15 @@ class InputDetector(Method):
         """Accept (True) or reject each row of each tensor in ``inputs``: the boundary is fitted on the same
         share ``fit_fraction`` of the defender's ``clean`` rows as :meth:`evaluate` uses (all are the pool).
         The guard in front of a model: a rejected input gets no prediction."""
+        fit_x, _ = self._split(clean, generator)
+        boundary, _ = self.fit(model, fit_x, clean.x, generator)
+        return [self.input_scores(model, x, clean.x, generator) >= boundary for x in inputs]
+
+    def _split(self, clean: Dataset, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the ``fit_fraction`` of the defender's clean inputs the boundary is fitted on, the rest)."""
         order = torch.randperm(len(clean), generator=generator)
         n_fit = max(1, round(self.fit_fraction * len(clean)))
-        boundary, _ = self.fit(model, clean.x[order[:n_fit]], clean.x, generator)
-        return [self.input_scores(model, x, clean.x, generator) >= boundary for x in inputs]
+        return clean.x[order[:n_fit]], clean.x[order[n_fit:]]
 
     def evaluate(
         self, model: nn.Module, clean: Dataset, triggered: torch.Tensor, generator: torch.Generator
@@ -83,9 +88,7 @@ class InputDetector(Method):
         check_model_fits(model, clean, where, "model", "clean")
         check_images(triggered, where, "triggered", clean.input_shape)
         check_generator(generator, where)
-        order = torch.randperm(len(clean), generator=generator)
-        n_fit = max(1, round(self.fit_fraction * len(clean)))
-        fit_x, held_x = clean.x[order[:n_fit]], clean.x[order[n_fit:]]
+        fit_x, held_x = self._split(clean, generator)
         boundary, fit_s = self.fit(model, fit_x, clean.x, generator)
         held_s = self.input_scores(model, held_x, clean.x, generator)
         trig_s = self.input_scores(model, triggered, clean.x, generator)
