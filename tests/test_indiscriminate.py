@@ -164,6 +164,18 @@ def test_gradient_canceling_cannot_reach_the_target_below_tau(small_lr):
     assert result.objective[-1] > 1e-2 * result.objective[0]
 
 
+def test_gradient_canceling_at_tau_sets_its_budget_from_the_target(small_lr):
+    """fraction='tau': as many poisons as the GradPC target's threshold asks for, measured at run time."""
+    data, _, clean, target = small_lr
+    tau = reachability_threshold(target, data, weight_decay=LAMBDA)
+    attack = GradientCanceling(model="logreg", train=CONVEX, fraction="tau", eps_w=0.5, steps=5)
+    poisoned = attack.craft(data, generator=torch.Generator().manual_seed(0), victim=clean)
+    assert len(poisoned.poison_idx) == round(tau * len(data)) != round(0.03 * len(data))
+    assert poisoned.goals[0].params["tau"] == pytest.approx(tau, rel=1e-9)
+    with pytest.raises(ConfigError, match="fraction"):
+        create("attack", {"name": "gradient_canceling", "fraction": "tau2"})
+
+
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
 def test_gradient_canceling_attack_on_networks(digits_split, name):
     train_set, _ = digits_split

@@ -26,7 +26,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
@@ -56,6 +56,7 @@ __all__ = [
 ]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+MAX_FRACTION = 10.0  # poisons per clean row, the largest eps_d the attack accepts (numeric or tau)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -318,7 +319,9 @@ class GradientCanceling(SurrogateAttack):
     victim's weight decay (`train.weight_decay`) is part of the objective.
     """
 
-    fraction: float = Field(0.03, gt=0, le=10, description="eps_d: poisons per clean row (above 1 allowed)")
+    fraction: Annotated[float, Field(gt=0, le=MAX_FRACTION)] | Literal["tau"] = Field(
+        0.03, description="eps_d: poisons per clean row (above 1 allowed), or 'tau': the target's threshold"
+    )
 
     def clean_model_spec(self):
         return self.model, self.train
@@ -338,14 +341,20 @@ class GradientCanceling(SurrogateAttack):
         target = gradpc(
             clean_model, train, self.eps_w, norm=self.norm, steps=self.gradpc_steps, generator=generator
         )
-        count = max(1, round(self.fraction * len(train)))
+        tau = reachability_threshold(target, train, weight_decay=self.train.weight_decay)
+        eps_d = tau if self.fraction == "tau" else self.fraction
+        if not eps_d <= MAX_FRACTION:
+            raise ConfigError(
+                f"gradient_canceling: eps_d = tau = {tau:.3g} of the GradPC target exceeds {MAX_FRACTION:g} "
+                "poisons per clean row; give a number as fraction"
+            )
+        count = max(1, round(eps_d * len(train)))
         sources = draw_sources(len(train), count, generator)
         result = gradient_canceling(
             target, train, train.subset(sources), steps=self.steps, lr=self.lr, optimizer=self.optimizer,
             weight_decay=self.train.weight_decay, dtype=DTYPES[self.dtype], batch_size=self.batch_size,
             tol=self.tol,
         )  # fmt: skip
-        tau = reachability_threshold(target, train, weight_decay=self.train.weight_decay)
         info = {"target": target, "tau": tau, "objective_reduction": result.reduction}
         goal = AttackGoal(self.name, {**self.model_dump(mode="json"), **info})
         return PoisonedDataset.from_added(train, result.poisons, goal, sources)
