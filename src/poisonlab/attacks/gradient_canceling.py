@@ -355,12 +355,16 @@ class GradientCanceling(SurrogateAttack):
             weight_decay=self.train.weight_decay, dtype=DTYPES[self.dtype], batch_size=self.batch_size,
             tol=self.tol,
         )  # fmt: skip
-        info = {"target": target, "tau": tau, "objective_reduction": result.reduction}
+        info = {
+            "target": target, "tau": tau, "objective_reduction": result.reduction,
+            "tau_binary": reachability_threshold(target, train, constant=0.28),  # the lecture's formula
+        }  # fmt: skip
         goal = AttackGoal(self.name, {**self.model_dump(mode="json"), **info})
         return PoisonedDataset.from_added(train, result.poisons, goal, sources)
 
     def evaluate(self, model: nn.Module, test: Dataset, goal: AttackGoal) -> dict[str, float]:
-        """target_accuracy (the GradPC target on test), distance_to_target (L2), tau, objective_reduction."""
+        """target_accuracy (the GradPC target on test), distance_to_target (L2), tau, tau_binary (seed 001's
+        ``<w, g(mu)> / 0.28``, no weight decay), objective_reduction."""
         target = goal.params.get("target")
         if target is None:
             return {}
@@ -368,5 +372,6 @@ class GradientCanceling(SurrogateAttack):
             "target_accuracy": accuracy(target, test),
             "distance_to_target": parameter_distance(model, target),
             "tau": goal.params["tau"],
+            "tau_binary": goal.params["tau_binary"],
             "objective_reduction": goal.params["objective_reduction"],
         }
