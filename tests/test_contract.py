@@ -68,6 +68,10 @@ SETUP: dict[str, dict[str, tuple[dict, str]]] = {
             "3) moves the perturbation to the edge of the ball (3 eps were it not clamped), so the budget "
             "check bites",
         ),
+        "unlearnable": (
+            {"pgd_steps": 2, "max_rounds": 2},
+            "up to 50 rounds of 20 noise steps over every row by default; 2 of 2 exercise both halves",
+        ),
     },
     "detector": {
         "spectral": ({}, "defaults are cheap"),
@@ -94,6 +98,7 @@ SETUP: dict[str, dict[str, tuple[dict, str]]] = {
         "frienb": ({"steps": 2}, "30 friendly-noise steps by default; 2 exercise the update"),
         "cbd": ({"backdoor_epochs": 1}, "a 2-epoch backdoored model by default; 1 exercises the reweighting"),
         "asd": ({}, "defaults are cheap on the contract's 2-epoch fit (stages 1 and 3 run)"),
+        "adversarial_training": ({"steps": 2}, "10 PGD steps per batch by default; 2 exercise the search"),
     },
     "input_detector": {
         "strip": ({"num_overlays": 16}, "100 overlays per input by default; 16 exercise the entropy"),

@@ -159,7 +159,8 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, hflip: bool = Tru
     return padded[batch, chan, rows, cols]
 
 
-def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """The optimiser ``config`` names, over ``model``'s parameters, at its initial learning rate."""
     if config.optimizer == "sgd":
         return torch.optim.SGD(
             model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
@@ -206,7 +207,7 @@ def train(
     model.to(device)
     x, y = data.x.to(device), data.y.to(device)
     generator = torch.Generator().manual_seed(seed)
-    optimizer = _optimizer(model, config)
+    optimizer = make_optimizer(model, config)
     checkpoints: list[Checkpoint] = []
     history: list[dict] = []
     start = time.perf_counter()

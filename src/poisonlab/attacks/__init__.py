@@ -12,6 +12,7 @@ from poisonlab.attacks.radioactive import RadioactiveData
 from poisonlab.attacks.sleeper_agent import SleeperAgent
 from poisonlab.attacks.targeted import TargetedAttack
 from poisonlab.attacks.tgda import TGDA  # noqa: F401  (registers it)
+from poisonlab.attacks.unlearnable import UnlearnableExamples
 
 __all__ = [
     "Attack",
@@ -28,4 +29,5 @@ __all__ = [
     "SleeperAgent",
     "TargetedAttack",
     "TargetedLabelFlip",
+    "UnlearnableExamples",
 ]

@@ -1,6 +1,7 @@
 """Defenses: model repairs (a trained model and clean data in, a repaired model out) and training-time
 defenses (they change how the victim trains); importing the package registers them."""
 
+from poisonlab.defenses.adversarial_training import AdversarialTraining
 from poisonlab.defenses.asd import ASD
 from poisonlab.defenses.base import Defense
 from poisonlab.defenses.cbd import CBD
@@ -12,6 +13,7 @@ from poisonlab.defenses.training import Defended, TrainingDefense
 
 __all__ = [
     "ASD",
+    "AdversarialTraining",
     "CBD",
     "ChannelMask",
     "Defended",
