@@ -65,7 +65,8 @@ def test_class_wise_noise_is_one_pattern_per_class_within_eps():
 
 def test_pgd_raises_the_loss_within_its_ball(digits_split):
     train_set, _ = digits_split
-    model = train(build_model("mlp", train_set.input_shape, 10, seed=0), train_set, TrainConfig(epochs=5)).model
+    model = build_model("mlp", train_set.input_shape, 10, seed=0)
+    train(model, train_set, TrainConfig(epochs=5))
     x, y = train_set.x[:200], train_set.y[:200]
     x_adv = pgd_linf(model, x, y, eps=8 / 255, step_size=2 / 255, steps=5, generator=torch.Generator())
     assert (x_adv - x).abs().max() <= 8 / 255 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
