@@ -35,7 +35,7 @@ def unlearnable_cifar(data_root):
 def test_unlearnable_examples_collapse_accuracy_and_adversarial_training_recovers_it(unlearnable_cifar):
     """Measured: the twin trained on the clean rows 30.5%, the victim on the unlearnable rows 23.2% (16
     rounds; crafting seeds 0 / 1 outside the runner: 29.7% -> 17.8% / 21.3%); with the noise *maximising* the
-    error (the paper's min-min vs min-max ablation) 27.1%, a 3.4-point drop. Adversarial training (3 PGD
+    error (the paper's min-max comparison) 27.1%, a 3.4-point drop. Adversarial training (3 PGD
     steps) on the unlearnable rows: 29.2%; without its perturbation it is the victim (0 recovered). Its
     PGD reversed into descent still recovers 27.2% (a perturbation of any sign breaks a class-wise pattern):
     the ascent itself is tested below. Not robust here: with 10 PGD steps 24.4% (see the README)."""

@@ -10,8 +10,8 @@ by alternating (the authors' ``perturbation.py``): ``train_steps`` SGD steps of 
 perturbed rows, then ``pgd_steps`` signed-gradient *descent* steps of size ``step_size`` on every row's
 noise (projected onto the eps ball and the image box), until the model's error on the perturbed rows falls
 below ``stop_error`` (their 0.01). ``objective="max"`` is their min-max ablation (error-*maximising*,
-i.e. adversarial, noise; stopped, our choice, when the error rises above ``1 - stop_error``), which the
-paper shows to be far weaker. ``noise="classwise"``: one noise per class; as the authors' class-wise script,
+i.e. adversarial, noise; stopped, our choice, when the error rises above ``1 - stop_error``), the
+comparison the paper draws. ``noise="classwise"``: one noise per class; as the authors' class-wise script,
 one step per batch over a random 20% of the rows each round, after which each class's noise is the mean
 of its rows' noise in the batch.
 
