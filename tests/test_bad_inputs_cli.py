@@ -403,7 +403,8 @@ CLI_CASES = [
     (
         "training-defense-unknown",
         run({"training_defenses": [{"name": "abl"}]}),
-        r"training_defenses\[0\]: unknown training_defense 'abl'; known: adversarial_training, asd, cbd, epic, frienb, knn_removal",
+        r"training_defenses\[0\]: unknown training_defense 'abl'; "
+        r"known: adversarial_training, asd, cbd, epic, frienb, knn_removal",
     ),
     ("test-size-above-data", run({"data.test_size": 100000}), r"data\.test_size 100000 exceeds"),
     ("holdout-too-large", run({"data.holdout_size": 100000, "detect_with": "holdout"}), r"holdout_size"),
