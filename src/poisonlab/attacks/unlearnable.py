@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from poisonlab.attacks.base import SurrogateAttack
+from poisonlab.attacks.gradients import frozen_eval, linf_sign_steps
 from poisonlab.data import Dataset
 from poisonlab.models import build_model, resolve_device
 from poisonlab.poison import AttackGoal, PoisonedDataset
@@ -46,10 +47,7 @@ def _noise_pass(model, x, y, delta, rows, eps, step_size, steps, sign, batch_siz
     for batch in rows.split(batch_size):
         xb, yb = x[batch], y[batch]
         eta = delta[yb] if classwise else delta[batch]
-        for _ in range(steps):
-            xp = (xb + eta).clamp(0, 1).requires_grad_(True)
-            (g,) = torch.autograd.grad(F.cross_entropy(model(xp), yb, reduction="sum"), xp)
-            eta = ((xp.detach() + sign * step_size * g.sign()).clamp(0, 1) - xb).clamp(-eps, eps)
+        eta = linf_sign_steps(model, xb, yb, eta, eps=eps, step_size=sign * step_size, steps=steps)
         if classwise:
             total = torch.zeros_like(delta).index_add_(0, yb, eta)
             count = torch.bincount(yb, minlength=len(delta))
@@ -97,15 +95,13 @@ def error_minimizing_noise(
             optimizer.zero_grad()
             F.cross_entropy(model(xb), y[idx]).backward()
             optimizer.step()
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
         rows = order if search_share >= 1 else order[torch.randperm(len(x), generator=generator)[:n_search]]
-        delta = _noise_pass(model, x, y, delta, rows, eps, step_size, pgd_steps, sign, batch_size, classwise)
+        with frozen_eval(model):
+            delta = _noise_pass(
+                model, x, y, delta, rows, eps, step_size, pgd_steps, sign, batch_size, classwise
+            )
         perturbed = (x + (delta[y] if classwise else delta)).clamp(0, 1)
         error = float((predict(model, perturbed, batch_size).argmax(1) != y.cpu()).float().mean())
-        for p in model.parameters():
-            p.requires_grad_(True)
         if (error < stop_error) if objective == "min" else (error > 1 - stop_error):
             break
     noise = (x + (delta[y] if classwise else delta)).clamp(0, 1) - x

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from poisonlab.attacks.gradients import frozen_eval, linf_sign_steps
 from poisonlab.defenses.training import Defended, TrainingDefense
 from poisonlab.registry import register
 from poisonlab.training import TrainHook
@@ -23,23 +24,12 @@ from poisonlab.training import TrainHook
 
 def pgd_linf(model, x, y, *, eps: float, step_size: float, steps: int, generator: torch.Generator):
     """Madry's L_inf PGD: adversarial examples of ``x`` for ``model`` (eval mode, parameters frozen)."""
-    was_training = model.training
-    frozen = [p for p in model.parameters() if p.requires_grad]
-    model.eval()
-    for p in frozen:
-        p.requires_grad_(False)
-    start = torch.randn(x.shape, generator=generator).to(x)
-    x_adv = (x + step_size * start).clamp(0, 1)
-    for _ in range(steps):
-        x_adv.requires_grad_(True)
-        (g,) = torch.autograd.grad(F.cross_entropy(model(x_adv), y), x_adv)
-        x_adv = torch.minimum(torch.maximum(x_adv.detach() + step_size * g.sign(), x - eps), x + eps).clamp(
-            0, 1
+    with frozen_eval(model):
+        start = ((x + step_size * torch.randn(x.shape, generator=generator).to(x)).clamp(0, 1) - x).clamp(
+            -eps, eps
         )
-    for p in frozen:
-        p.requires_grad_(True)
-    model.train(was_training)
-    return x_adv.detach()
+        delta = linf_sign_steps(model, x, y, start, eps=eps, step_size=step_size, steps=steps)
+    return (x + delta).clamp(0, 1).detach()
 
 
 class AdversarialLoss(TrainHook):
