@@ -4,8 +4,6 @@ inner products, and the cosine matching loss of Geiping et al. 2021."""
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -44,31 +42,3 @@ def matching_loss(
     inner = sum((g * t).sum() for g, t in zip(grads, target))
     norm = torch.sqrt(sum(g.pow(2).sum() for g in grads))
     return 1 - inner / (norm * target_norm + 1e-12)
-
-
-@contextmanager
-def frozen_eval(model: nn.Module):
-    """``model`` in eval mode with its trainable parameters frozen for the block (an input-space search),
-    then restored as it was."""
-    was_training = model.training
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    model.eval()
-    for p in trainable:
-        p.requires_grad_(False)
-    try:
-        yield model
-    finally:
-        for p in trainable:
-            p.requires_grad_(True)
-        model.train(was_training)
-
-
-def linf_sign_steps(model: nn.Module, x, y, delta, *, eps: float, step_size: float, steps: int):
-    """``steps`` signed input-gradient steps of the noise ``delta`` on ``x``'s cross-entropy (ascent for a
-    positive ``step_size``, descent for a negative one), each projected onto the image box and the L_inf ball
-    of radius ``eps``: the PGD of Madry et al. and of error-minimising noise."""
-    for _ in range(steps):
-        xp = (x + delta).clamp(0, 1).requires_grad_(True)
-        (g,) = torch.autograd.grad(F.cross_entropy(model(xp), y, reduction="sum"), xp)
-        delta = ((xp.detach() + step_size * g.sign()).clamp(0, 1) - x).clamp(-eps, eps)
-    return delta

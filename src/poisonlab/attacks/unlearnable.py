@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from poisonlab.attacks.base import SurrogateAttack
-from poisonlab.attacks.gradients import frozen_eval, linf_sign_steps
 from poisonlab.data import Dataset
+from poisonlab.input_gradients import frozen_eval, linf_sign_steps
 from poisonlab.models import build_model, resolve_device
 from poisonlab.poison import AttackGoal, PoisonedDataset
 from poisonlab.registry import register

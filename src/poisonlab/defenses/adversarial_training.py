@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from poisonlab.attacks.gradients import frozen_eval, linf_sign_steps
 from poisonlab.defenses.training import Defended, TrainingDefense
+from poisonlab.input_gradients import frozen_eval, linf_sign_steps
 from poisonlab.registry import register
 from poisonlab.training import TrainHook
 
