@@ -45,6 +45,10 @@ SETUP: dict[str, dict[str, tuple[dict, str]]] = {
         "feature_collision": ({"steps": 5}, "500 forward-backward steps by default; 5 exercise the loop"),
         "first_order": ({"steps": 2}, "100 crafting steps by default; 2 exercise the update"),
         "metapoison": ({"steps": 2}, "60 unrolled crafting steps by default; 2 exercise them"),
+        "influence_function": (
+            {"steps": 2, "cg_iters": 5},
+            "100 steps and CG iterations by default; 2 and 5 exercise them",
+        ),
         "gradient_matching": (
             {"steps": 2, "restarts": 1},
             "8 restarts x 250 steps by default; one restart of 2 steps exercises the loop",

@@ -17,7 +17,8 @@ from poisonlab.attacks.gradient_canceling import (
     reachability_threshold,
     train_clean_model,
 )
-from poisonlab.attacks.tgda import TGDA, conjugate_gradient
+from poisonlab.attacks.gradients import conjugate_gradient
+from poisonlab.attacks.tgda import TGDA
 from poisonlab.data import Dataset, stratified_subset
 from poisonlab.errors import ConfigError
 from poisonlab.experiment import ExperimentConfig, run_experiment

@@ -6,6 +6,7 @@ from poisonlab.attacks.feature_collision import FeatureCollision
 from poisonlab.attacks.first_order import FirstOrder, MetaPoison
 from poisonlab.attacks.gradient_canceling import GradientCanceling  # noqa: F401  (registers it)
 from poisonlab.attacks.gradient_matching import GradientMatching
+from poisonlab.attacks.influence_function import InfluenceFunction
 from poisonlab.attacks.label_flip import RandomLabelFlip, TargetedLabelFlip
 from poisonlab.attacks.pruning_aware import PruningAware
 from poisonlab.attacks.radioactive import RadioactiveData
@@ -22,6 +23,7 @@ __all__ = [
     "FeatureCollision",
     "FirstOrder",
     "GradientMatching",
+    "InfluenceFunction",
     "MetaPoison",
     "PruningAware",
     "RadioactiveData",

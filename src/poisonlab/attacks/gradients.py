@@ -1,8 +1,10 @@
 """Parameter-gradient maths shared by the gradient attacks (gradient canceling, TGDA, gradient matching,
 Sleeper Agent): parameters as name -> tensor dicts, summed losses and gradients through ``torch.func``,
-inner products, and the cosine matching loss of Geiping et al. 2021."""
+inner products, the cosine matching loss of Geiping et al. 2021, and a damped conjugate-gradient solver."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -42,3 +44,31 @@ def matching_loss(
     inner = sum((g * t).sum() for g, t in zip(grads, target))
     norm = torch.sqrt(sum(g.pow(2).sum() for g in grads))
     return 1 - inner / (norm * target_norm + 1e-12)
+
+
+def conjugate_gradient(hvp, b: dict, *, iters: int = 10, damping: float = 0.01, tol: float = 1e-6) -> dict:
+    """Solve ``(H + damping I) v = b`` for parameter dicts by CG.
+
+    Stops at negative curvature, returning ``b`` (the plain gradient-descent-ascent direction) if at once.
+    """
+    v = {n: torch.zeros_like(t) for n, t in b.items()}
+    r = {n: t.clone() for n, t in b.items()}
+    p = {n: t.clone() for n, t in b.items()}
+    rs = float(dot(r, r))
+    b_norm = math.sqrt(rs)
+    for it in range(iters):
+        hp = hvp(p)
+        ap = {n: hp[n] + damping * p[n] for n in p}
+        curvature = float(dot(p, ap))
+        if curvature <= 0:
+            return v if it else {n: t.clone() for n, t in b.items()}
+        alpha = rs / curvature
+        for n in v:
+            v[n] += alpha * p[n]
+            r[n] -= alpha * ap[n]
+        rs_new = float(dot(r, r))
+        if math.sqrt(rs_new) <= tol * b_norm:
+            break
+        p = {n: r[n] + (rs_new / rs) * p[n] for n in p}
+        rs = rs_new
+    return v

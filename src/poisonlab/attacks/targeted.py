@@ -29,6 +29,7 @@ one model when ``ensemble`` is 1), seeded from the trial's generator.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
@@ -354,14 +355,16 @@ class TargetedAttack(SurrogateAttack):
         )  # fmt: skip
 
     def evaluate(self, model: nn.Module, test: Dataset, goal: AttackGoal) -> dict[str, float]:
-        """success (the target is classified as the adversarial label), its probability, target_correct."""
+        """success (the target is classified as the adversarial label), its probability and log10 (whose
+        mean over targets, victim minus twin, is the log of the geometric-mean gain), target_correct."""
         if goal.target_x is None:
             return {}
-        probs = predict(model, goal.target_x).softmax(1)[0]
-        pred = int(probs.argmax())
+        log_probs = predict(model, goal.target_x).log_softmax(1)[0]
+        pred = int(log_probs.argmax())
         return {
             "success": float(pred == goal.adversarial_label),
-            "adversarial_probability": float(probs[goal.adversarial_label]),
+            "adversarial_probability": float(log_probs[goal.adversarial_label].exp()),
+            "adversarial_log10_probability": float(log_probs[goal.adversarial_label]) / math.log(10),
             "target_correct": float(pred == int(goal.target_y[0])),
         }
 

@@ -28,13 +28,13 @@ from torch.func import functional_call, grad, jvp
 
 from poisonlab.attacks.base import SurrogateAttack
 from poisonlab.attacks.gradient_canceling import draw_sources
-from poisonlab.attacks.gradients import dot, parameters_of, summed_loss
+from poisonlab.attacks.gradients import conjugate_gradient, parameters_of, summed_loss
 from poisonlab.data import Dataset
 from poisonlab.errors import ConfigError
 from poisonlab.poison import AttackGoal, PoisonedDataset
 from poisonlab.registry import register
 
-__all__ = ["PoisonGenerator", "TGDA", "TGDAResult", "conjugate_gradient", "tgda"]
+__all__ = ["PoisonGenerator", "TGDA", "TGDAResult", "tgda"]
 
 
 class PoisonGenerator(nn.Module):
@@ -51,34 +51,6 @@ class PoisonGenerator(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         base = torch.logit(x.clamp(self.margin, 1.0 - self.margin))
         return torch.sigmoid(base + self.net(x).view_as(x))
-
-
-def conjugate_gradient(hvp, b: dict, *, iters: int = 10, damping: float = 0.01, tol: float = 1e-6) -> dict:
-    """Solve ``(H + damping I) v = b`` for parameter dicts by CG.
-
-    Stops at negative curvature, returning ``b`` (the plain gradient-descent-ascent direction) if at once.
-    """
-    v = {n: torch.zeros_like(t) for n, t in b.items()}
-    r = {n: t.clone() for n, t in b.items()}
-    p = {n: t.clone() for n, t in b.items()}
-    rs = float(dot(r, r))
-    b_norm = math.sqrt(rs)
-    for it in range(iters):
-        hp = hvp(p)
-        ap = {n: hp[n] + damping * p[n] for n in p}
-        curvature = float(dot(p, ap))
-        if curvature <= 0:
-            return v if it else {n: t.clone() for n, t in b.items()}
-        alpha = rs / curvature
-        for n in v:
-            v[n] += alpha * p[n]
-            r[n] -= alpha * ap[n]
-        rs_new = float(dot(r, r))
-        if math.sqrt(rs_new) <= tol * b_norm:
-            break
-        p = {n: r[n] + (rs_new / rs) * p[n] for n in p}
-        rs = rs_new
-    return v
 
 
 @dataclass
