@@ -22,8 +22,14 @@ originals), a smoothed version of Koh & Liang's iterated signed step. s stays fi
 With H taken as the identity, s is grad_theta L(x_t, y_adv) and the objective is the leading term of
 first-order poisoning's (:mod:`poisonlab.attacks.first_order`): the two differ exactly by the inverse
 Hessian, which is what the comparison of their success and time per step measures.
-Chosen here (the seed gives no setting): eps 8/255 and 100 steps as first-order, damping 0.01 (Koh &
-Liang's order of magnitude), 100 CG iterations, H on 1,000 rows drawn on the attack's stream.
+
+Chosen here (the seed gives no setting): eps 8/255 and 100 steps as first-order, damping 0.01, 100 CG
+iterations, H on 1,000 rows drawn on the attack's stream. Koh & Liang's own code (influence-release,
+``dataset_poisoning.py``) differs in three ways, left out to keep the targeted attacks comparable: it picks
+the training images with the largest influence-gradient norm (here: random rows of the adversarial class,
+as every targeted attack of poisonlab), retrains the logistic top layer and re-solves s after every signed
+step (here s is fixed unless ``retrain_every`` retrains from-scratch surrogates), and bounds the change to
+half a grey level (here eps).
 """
 
 from __future__ import annotations
