@@ -45,6 +45,18 @@ SETUP: dict[str, dict[str, tuple[dict, str]]] = {
         "feature_collision": ({"steps": 5}, "500 forward-backward steps by default; 5 exercise the loop"),
         "first_order": ({"steps": 2}, "100 crafting steps by default; 2 exercise the update"),
         "metapoison": ({"steps": 2}, "60 unrolled crafting steps by default; 2 exercise them"),
+        "min_max": (
+            {"fraction": 0.005, "inner_steps": 2},
+            "3% of the rows x 20 ascent steps by default; 7 points of 2 steps exercise it",
+        ),
+        "i_min_max": (
+            {"fraction": 0.005, "inner_steps": 2, "decoy_steps": 2},
+            "min-max plus a 100-step GradPC decoy by default; 2 steps exercise it",
+        ),
+        "back_gradient": (
+            {"steps": 2, "unroll_steps": 2, "val_size": 100},
+            "60 outer x 100 unrolled steps by default; 2 x 2 exercise the back-gradient",
+        ),
         "influence_function": (
             {"steps": 2, "cg_iters": 5},
             "100 steps and CG iterations by default; 2 and 5 exercise them",
