@@ -102,7 +102,8 @@ def main() -> None:
             print(f"{name} {count}: first-order {f:.3f}s, MetaPoison {m:.3f}s, influence {i:.3f}s "
                   f"(solve {solve:.1f}s once)", flush=True)  # fmt: skip
     lines = [
-        "# Seed 002: time per crafting step, first-order poisoning vs MetaPoison",
+        "# Seed 002: time per crafting step, first-order poisoning vs MetaPoison and the influence-function "
+        "attack",
         "",
         provenance(command_line("first_order_vs_metapoison.py", parser, args))
         + f" Repeats: {args.repeats} timed step(s) per method, model and poison count.",
