@@ -50,7 +50,6 @@ class BackGradient(SurrogateAttack):
             raise ConfigError(f"{self.name}: val_size {self.val_size} leaves no training row of {len(train)}")
 
     def _craft(self, train: Dataset, *, generator: torch.Generator, victim=None, test=None):
-        self.check_data(train)
         order = torch.randperm(len(train), generator=generator)
         val, rest = train.subset(order[: self.val_size]), order[self.val_size :].sort().values
         fit_rows = train.subset(rest)

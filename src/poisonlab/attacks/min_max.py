@@ -39,6 +39,7 @@ from poisonlab.attacks.base import SurrogateAttack
 from poisonlab.attacks.gradient_canceling import gradpc
 from poisonlab.data import Dataset
 from poisonlab.errors import ConfigError
+from poisonlab.input_gradients import frozen_eval
 from poisonlab.poison import AttackGoal, PoisonedDataset
 from poisonlab.registry import register
 
@@ -78,16 +79,15 @@ class MinMax(SurrogateAttack):
         if round(self.fraction * len(train)) < 1:
             raise ConfigError(f"{self.name}: fraction {self.fraction} of {len(train)} rows is no poison")
 
-    def decoy_penalty(self, model, train: Dataset, generator):
+    def decoy_penalty(self, model, train: Dataset):
         """``(x, y) -> penalty`` subtracted from the inner objective; none for plain min-max."""
         return None
 
     def _craft(self, train: Dataset, *, generator: torch.Generator, victim=None, test=None):
-        self.check_data(train)
         clean = self._clean_model(train, victim, generator)
         device = next(clean.parameters()).device
         model = copy.deepcopy(clean).eval()
-        penalty = self.decoy_penalty(clean, train, generator)
+        penalty = self.decoy_penalty(clean, train)
         means, radii = (t.to(device) for t in sphere_defense(train, self.radius_quantile))
         count = round(self.fraction * len(train))
         burn = round(self.burn_frac * count)
@@ -124,25 +124,19 @@ class MinMax(SurrogateAttack):
 
     def _inner_max(self, model, x, y, means, radii, penalty):
         """Projected signed ascent of each row's loss (minus the decoy penalty) inside box and sphere."""
-        for p in model.parameters():
-            p.requires_grad_(False)
-        try:
+
+        def objective(x):
+            loss = F.cross_entropy(model(x), y, reduction="none")
+            return loss if penalty is None else loss - penalty(x, y)
+
+        with frozen_eval(model):
             x = project_sphere(x, means, radii)
             for _ in range(self.inner_steps):
                 x.requires_grad_(True)
-                objective = F.cross_entropy(model(x), y, reduction="none")
-                if penalty is not None:
-                    objective = objective - penalty(x, y)
-                (g,) = torch.autograd.grad(objective.sum(), x)
+                (g,) = torch.autograd.grad(objective(x).sum(), x)
                 x = project_sphere(x.detach() + self.inner_lr * g.sign(), means, radii)
             with torch.no_grad():
-                objective = F.cross_entropy(model(x), y, reduction="none")
-                if penalty is not None:
-                    objective = objective - penalty(x, y)
-        finally:
-            for p in model.parameters():
-                p.requires_grad_(True)
-        return x.detach(), objective
+                return x, objective(x)
 
 
 @register("attack", "i_min_max")
@@ -153,7 +147,7 @@ class ImprovedMinMax(MinMax):
     decoy_steps: int = Field(100, ge=1, description="GradPC ascent steps for the decoy")
     penalty: float = Field(10.0, gt=0, description="weight of relu(decoy loss - rho_max) in the objective")
 
-    def decoy_penalty(self, model, train: Dataset, generator):
+    def decoy_penalty(self, model, train: Dataset):
         decoy = gradpc(model, train, eps_w=self.decoy_eps_w, steps=self.decoy_steps).eval()
         for p in decoy.parameters():
             p.requires_grad_(False)
