@@ -22,18 +22,17 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch.func import functional_call
 
-from poisonlab.attacks.base import SurrogateAttack
+from poisonlab.attacks.base import HeldOutValidationAttack
 from poisonlab.attacks.gradient_canceling import draw_sources
 from poisonlab.attacks.gradients import parameters_of
 from poisonlab.data import Dataset
-from poisonlab.errors import ConfigError
 from poisonlab.models import build_model
 from poisonlab.poison import AttackGoal, PoisonedDataset
 from poisonlab.registry import register
 
 
 @register("attack", "back_gradient")
-class BackGradient(SurrogateAttack):
+class BackGradient(HeldOutValidationAttack):
     """BackGrad (Munoz-Gonzalez 2017): poisons that raise the validation loss through unrolled training."""
 
     fraction: float = Field(0.03, gt=0, le=1, description="eps_d: poisons per clean row")
@@ -42,16 +41,10 @@ class BackGradient(SurrogateAttack):
     step_size: float = Field(0.01, gt=0, description="signed-ascent step of the poison pixels")
     lr: float | None = Field(None, gt=0, description="rate of the unrolled steps (default: train.lr)")
     batch_size: int = Field(500, ge=1, description="clean rows per unrolled step and per validation batch")
-    val_size: int = Field(1000, ge=1, description="validation rows held out of the attacker's training rows")
     warm_start: bool = Field(False, description="unroll from the clean model (else a fresh initialisation)")
 
-    def check_data(self, train: Dataset, test: Dataset | None = None) -> None:
-        if self.val_size >= len(train):
-            raise ConfigError(f"{self.name}: val_size {self.val_size} leaves no training row of {len(train)}")
-
     def _craft(self, train: Dataset, *, generator: torch.Generator, victim=None, test=None):
-        order = torch.randperm(len(train), generator=generator)
-        val, rest = train.subset(order[: self.val_size]), order[self.val_size :].sort().values
+        val, rest = self.split_validation(train, generator)
         fit_rows = train.subset(rest)
         model = self._clean_model(fit_rows, victim, generator).eval()
         device = next(model.parameters()).device

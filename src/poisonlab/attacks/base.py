@@ -145,3 +145,19 @@ class SurrogateAttack(Attack):
         if victim is not None:
             return victim
         return train_clean_model(self.model, train_set, self.train, generator.initial_seed())
+
+
+class HeldOutValidationAttack(SurrogateAttack):
+    """A surrogate attack that raises the loss on ``val_size`` random rows held out of the rows its clean
+    model trains on and its poisons start from (Lu et al. 2022 keep a separate validation set)."""
+
+    val_size: int = Field(1000, ge=1, description="validation rows held out of the attacker's training rows")
+
+    def check_data(self, train: Dataset, test: Dataset | None = None) -> None:
+        if self.val_size >= len(train):
+            raise ConfigError(f"{self.name}: val_size {self.val_size} leaves no training row of {len(train)}")
+
+    def split_validation(self, train: Dataset, generator: torch.Generator) -> tuple[Dataset, torch.Tensor]:
+        """(the validation rows, the sorted indices of the rest)."""
+        order = torch.randperm(len(train), generator=generator)
+        return train.subset(order[: self.val_size]), order[self.val_size :].sort().values

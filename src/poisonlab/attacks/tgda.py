@@ -26,7 +26,7 @@ from pydantic import Field
 from torch import nn
 from torch.func import functional_call, grad, jvp
 
-from poisonlab.attacks.base import SurrogateAttack
+from poisonlab.attacks.base import HeldOutValidationAttack
 from poisonlab.attacks.gradient_canceling import draw_sources
 from poisonlab.attacks.gradients import conjugate_gradient, parameters_of, summed_loss
 from poisonlab.data import Dataset
@@ -163,7 +163,7 @@ def tgda(
 
 
 @register("attack", "tgda")
-class TGDA(SurrogateAttack):
+class TGDA(HeldOutValidationAttack):
     """TGDA (Lu 2022): poisons from a generator trained by total-gradient descent-ascent against the victim.
 
     The attacker splits its clean training set: `val_size` random rows are the validation rows whose loss
@@ -181,16 +181,10 @@ class TGDA(SurrogateAttack):
     cg_iters: int = Field(10, ge=1, description="conjugate-gradient iterations for the Hessian-inverse term")
     damping: float = Field(0.01, ge=0, description="added to the Hessian's diagonal in CG")
     batch_size: int = Field(500, ge=1, description="rows per estimate of the training and validation losses")
-    val_size: int = Field(1000, ge=1, description="validation rows held out of the attacker's training rows")
     hidden: int = Field(256, ge=1, description="hidden units of the generator MLP")
 
-    def check_data(self, train: Dataset, test: Dataset | None = None) -> None:
-        if self.val_size >= len(train):
-            raise ConfigError(f"tgda: val_size {self.val_size} leaves no training row of {len(train)}")
-
     def _craft(self, train: Dataset, *, generator: torch.Generator, victim=None, test=None):
-        order = torch.randperm(len(train), generator=generator)
-        val, rest = train.subset(order[: self.val_size]), order[self.val_size :].sort().values
+        val, rest = self.split_validation(train, generator)
         fit_rows = train.subset(rest)
         clean_model = self._clean_model(fit_rows, victim, generator)
         count = max(1, round(self.fraction * len(train)))
