@@ -96,11 +96,29 @@ def _resnet18(input_shape, num_classes, width: int = 64) -> Classifier:
     return Classifier(nn.Sequential(*layers), cin, num_classes)
 
 
+def _convnet_bn(input_shape, num_classes, width: int = 64) -> Classifier:
+    """ConvNetBN as Witches' Brew's code builds it (the small ConvNet with batch norm that seed 002 and
+    MetaPoison time): eight 3x3 conv-BN-ReLU layers of widths w, 2w, 2w, 4w, 4w, 4w | 4w, 4w, each group
+    followed by a 3x3 max-pool, then the linear head on the flattened maps (36w features at 32x32)."""
+    c, h, w = input_shape
+    if h < 9 or w < 9:
+        raise ConfigError(f"model 'convnet_bn' needs images of at least 9x9 pixels, got {h}x{w}")
+    layers: list[nn.Module] = []
+    for group in ([width, 2 * width, 2 * width, 4 * width, 4 * width, 4 * width], [4 * width, 4 * width]):
+        for cout in group:
+            layers += [nn.Conv2d(c, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
+            c = cout
+        layers.append(nn.MaxPool2d(3))
+    layers.append(nn.Flatten())
+    return Classifier(nn.Sequential(*layers), c * (h // 3 // 3) * (w // 3 // 3), num_classes)
+
+
 MODELS = {
     "logreg": (_logistic_regression, "multinomial logistic regression on the flattened pixels"),
     "mlp": (_mlp, "two hidden layers of 256 ReLU units"),
     "cnn": (_cnn, "small CNN: two conv-pool blocks and a 128-unit hidden layer (8x8, 28x28, 32x32 inputs)"),
     "resnet18": (_resnet18, "CIFAR-style ResNet-18 with batch norm"),
+    "convnet_bn": (_convnet_bn, "ConvNetBN (Witches' Brew's code, seed 002's timing model): 8 conv-BN-ReLU"),
 }
 
 
