@@ -26,7 +26,7 @@ from poisonlab.attacks.base import HeldOutValidationAttack
 from poisonlab.attacks.gradient_canceling import draw_sources
 from poisonlab.attacks.gradients import parameters_of
 from poisonlab.data import Dataset
-from poisonlab.models import build_model
+from poisonlab.models import build_model, resolve_device
 from poisonlab.poison import AttackGoal, PoisonedDataset
 from poisonlab.registry import register
 
@@ -46,8 +46,9 @@ class BackGradient(HeldOutValidationAttack):
     def _craft(self, train: Dataset, *, generator: torch.Generator, victim=None, test=None):
         val, rest = self.split_validation(train, generator)
         fit_rows = train.subset(rest)
-        model = self._clean_model(fit_rows, victim, generator).eval()
-        device = next(model.parameters()).device
+        # a clean model only for a warm start: the fresh initialisation below needs no training run
+        model = self._clean_model(fit_rows, victim, generator).eval() if self.warm_start else None
+        device = next(model.parameters()).device if model is not None else resolve_device(self.train.device)
         count = max(1, round(self.fraction * len(train)))
         sources = draw_sources(len(rest), count, generator)
         x_p = fit_rows.x[sources].to(device).clone()
