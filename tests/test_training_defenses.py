@@ -105,9 +105,10 @@ def test_epic_drops_isolated_rows_and_weakens_gradient_matching(gradient_matchin
     most 0.02); with EPIC 0.33 / 0.0005 / 0.23 / 0.96 / 0.0001 / 0.0002 at ~1 point of accuracy, ~10% of the
     rows dropped: mean log10 change -0.48 (probabilities floored at 1%). A partial defense here: the 120
     poisons are most of their class, so few are isolated (removal precision near the 8% base rate), and
-    which targets it saves varies by CPU (another gave -0.21 on the first 3 targets). The
-    same number of rows dropped at random each round or taken from the most crowded gradients left the
-    attack in place (3 targets: 0.89 / 0.00 / 0.96 and 0.46 / 0.06 / 0.96)."""
+    which targets it saves varies by CPU (another gave -0.21 on the first 3 targets). Broken from outside
+    on the same 6 targets: a no-op (nothing isolated) gives 0.00, the same number of rows drawn at random
+    each round -0.16; taking the most crowded gradients instead left the attack in place (earlier, 3
+    targets: 0.46 / 0.06 / 0.96)."""
     e = gradient_matching_scratch
     m = e.results["metrics"]
     victim = per_trial(e, "attack.gm.adversarial_probability")
