@@ -113,3 +113,65 @@ def test_sleeper_agent_poisons_the_target_rows_with_the_largest_gradients(digits
     assert chosen.sum() == 60
     ratio = (norms[chosen].mean() / norms[~chosen].mean()).item()
     assert ratio > 10, ratio
+
+
+def test_sleeper_agent_crafts_on_an_ensemble_and_under_augmentation(digits_split, monkeypatch):
+    """``ensemble=k`` trains k surrogates (distinct seeds) at the start and at every retraining, and the
+    matching loss is their mean; ``augment_poisons`` (the reference code's paugment) crops the poisons at each
+    step, which changes them, within the same eps and labels."""
+    train_set, _ = digits_split
+    seeds = []
+    build = SleeperAgent._surrogate
+
+    def counted(self, data, seed):
+        seeds.append(seed)
+        return build(self, data, seed)
+
+    monkeypatch.setattr(SleeperAgent, "_surrogate", counted)
+    kw = dict(target=0, source=1, count=12, eps=32 / 255, patch_size=3, steps=4, surrogate_epochs=2)
+    plain = SleeperAgent(retrain_every=0, **kw).craft(train_set, generator=torch.Generator().manual_seed(0))
+    assert len(seeds) == 1
+    seeds.clear()
+    pair = SleeperAgent(ensemble=2, retrain_every=2, **kw)
+    pair.craft(train_set, generator=torch.Generator().manual_seed(0))
+    assert len(seeds) == 4 and len(set(seeds)) == 4  # 2 surrogates, retrained once
+    augmented = SleeperAgent(retrain_every=0, augment_poisons=True, hflip=False, **kw).craft(
+        train_set, generator=torch.Generator().manual_seed(0)
+    )
+    assert torch.equal(augmented.poison_idx, plain.poison_idx)  # the same surrogate picks the same rows
+    assert not torch.allclose(augmented.data.x, plain.data.x)
+    assert (augmented.data.x - train_set.x).abs().max() <= 32 / 255 + 1e-6
+    assert torch.equal(augmented.data.y, train_set.y)
+
+
+def test_sleeper_agent_ensemble_loss_is_the_mean_over_its_surrogates(digits_split):
+    """At delta = 0 the first recorded loss of a 2-surrogate ensemble is the mean of the two surrogates' own
+    matching losses (each crafting alone from the same seed would see one of them)."""
+    import torch.nn.functional as F
+
+    from poisonlab.attacks.gradients import matching_loss
+
+    train_set, _ = digits_split
+    kw = dict(target=0, source=1, count=12, eps=32 / 255, patch_size=3, steps=1, retrain_every=0,
+              surrogate_epochs=2)  # fmt: skip
+    attack = SleeperAgent(ensemble=2, **kw)
+    gen = torch.Generator().manual_seed(0)
+    first = attack.craft(train_set, generator=gen).goals[0].params["matching_loss"]["first"]
+    gen = torch.Generator().manual_seed(0)
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
+    models = [attack._surrogate(train_set, seed + k * 7919) for k in range(2)]
+    target_rows, n, sources = attack._rows(train_set)
+    x_t, y_t = train_set.x[target_rows], train_set.y[target_rows]
+    norms = torch.stack([gradient_norms(m, x_t, y_t) for m in models])
+    idx = target_rows[norms.mean(0).argsort(descending=True)[:n]].sort().values
+    goal = attack.craft(train_set, generator=torch.Generator().manual_seed(0)).goals[0]
+    x_src = train_set.x[sources]
+    y_adv = torch.full((len(sources),), 0, dtype=torch.int64)
+    losses = []
+    for m in models:
+        adv = attack.apply_trigger(x_src, goal, gen)
+        g, norm = attack._adversarial_gradient(m, adv, y_adv)
+        params = [p for p in m.parameters() if p.requires_grad]
+        grads = torch.autograd.grad(F.cross_entropy(m(train_set.x[idx]), train_set.y[idx]), params)
+        losses.append(float(matching_loss(grads, g, norm)))
+    assert abs(first - sum(losses) / 2) < 1e-4, (first, losses)

@@ -10,7 +10,10 @@ source-class images with the patch trigger labelled as the target:
 The poisons are the target-class rows with the largest per-sample gradient norm at the surrogate; delta is
 optimised by signed Adam with the learning rate divided by 10 at 3/8, 5/8 and 7/8 of the steps, and the
 surrogate is retrained from scratch on the poisoned set every ``retrain_every`` steps. The training poisons
-carry no trigger: it is only stamped at test time.
+carry no trigger: it is only stamped at test time. As in the reference code (hsouri/Sleeper-Agent, built on
+Geiping's): ``ensemble`` surrogates averaged in the loss, and ``augment_poisons`` (its ``paugment``, on by
+default there, off here for backward compatibility of stored results) crops/flips the poisons at every step so
+that they work under a victim's augmentation; train the surrogate (``augment``) and the victim with it too.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from poisonlab.errors import ConfigError
 from poisonlab.models import MODELS, build_model
 from poisonlab.poison import AttackGoal, PoisonedDataset
 from poisonlab.registry import register
-from poisonlab.training import TrainConfig, train
+from poisonlab.training import TrainConfig, augment_batch, train
 
 
 def gradient_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
@@ -88,6 +91,15 @@ class SleeperAgent(PatchTrigger, BackdoorAttack):
     surrogate_lr: float = Field(0.05, gt=0)
     surrogate_batch_size: int = Field(64, ge=1)
     augment: bool = Field(False, description="train the surrogate with random crop + flip")
+    augment_poisons: bool = Field(
+        False,
+        description="differentiable random crop (+ flip if hflip) of the poisons at every step, as the "
+        "reference code's paugment (its default)",
+    )
+    hflip: bool = Field(True, description="flip horizontally when augmenting (turn off for digits)")
+    ensemble: int = Field(
+        1, ge=1, description="surrogates crafted on at once (seeded apart); the matching loss is their mean"
+    )
 
     @model_validator(mode="after")
     def _check(self):
@@ -110,6 +122,7 @@ class SleeperAgent(PatchTrigger, BackdoorAttack):
             batch_size=self.surrogate_batch_size,
             milestones=(max(1, int(0.75 * self.surrogate_epochs)),),
             augment=self.augment,
+            hflip=self.hflip,
             checkpoint_every=self.surrogate_epochs,
             device="cpu",
         )
@@ -150,9 +163,9 @@ class SleeperAgent(PatchTrigger, BackdoorAttack):
         goal = AttackGoal(self.name, self.model_dump(), adversarial_label=self.target, trigger=trigger)
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
 
-        model = self._surrogate(train, seed)
-        norms = gradient_norms(model, train.x[target_rows], train.y[target_rows])
-        idx = target_rows[norms.argsort(descending=True)[:n]].sort().values
+        models = [self._surrogate(train, seed + k * 7919) for k in range(self.ensemble)]
+        norms = torch.stack([gradient_norms(m, train.x[target_rows], train.y[target_rows]) for m in models])
+        idx = target_rows[norms.mean(0).argsort(descending=True)[:n]].sort().values
         base, labels = train.x[idx], train.y[idx]
         delta = torch.zeros_like(base, requires_grad=True)
         opt = torch.optim.Adam([delta], lr=self.lr)
@@ -160,21 +173,26 @@ class SleeperAgent(PatchTrigger, BackdoorAttack):
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=0.1)
         x_src = train.x[sources]
         y_adv = torch.full((len(sources),), self.target, dtype=torch.int64)
-        target_grad, target_norm = None, None
+        targets: list | None = None
         losses: list[float] = []
         for step in range(self.steps):
             if self.retrain_every and step and step % self.retrain_every == 0:
-                model = self._surrogate(self._released(train, idx, base, delta), seed + step)
-                target_grad = None
-            params = [p for p in model.parameters() if p.requires_grad]
-            if target_grad is None:  # a fresh draw of trigger places for each surrogate
-                adv = self.apply_trigger(x_src, goal, generator)
-                target_grad = torch.autograd.grad(F.cross_entropy(model(adv), y_adv), params)
-                target_grad = tuple(g.detach() for g in target_grad)
-                target_norm = torch.sqrt(sum(g.pow(2).sum() for g in target_grad))
+                released = self._released(train, idx, base, delta)
+                models = [self._surrogate(released, seed + step + k * 7919) for k in range(self.ensemble)]
+                targets = None
+            if targets is None:  # a fresh draw of trigger places for each surrogate
+                targets = [
+                    self._adversarial_gradient(m, self.apply_trigger(x_src, goal, generator), y_adv)
+                    for m in models
+                ]
             x = (base + self.eps * delta).clamp(0, 1)
-            grads = torch.autograd.grad(F.cross_entropy(model(x), labels), params, create_graph=True)
-            loss = matching_loss(grads, target_grad, target_norm)
+            if self.augment_poisons:
+                x = augment_batch(x, generator, self.hflip)
+            loss = 0.0
+            for m, (target_grad, target_norm) in zip(models, targets):
+                params = [p for p in m.parameters() if p.requires_grad]
+                grads = torch.autograd.grad(F.cross_entropy(m(x), labels), params, create_graph=True)
+                loss = loss + matching_loss(grads, target_grad, target_norm) / len(models)
             (delta.grad,) = torch.autograd.grad(loss, delta)
             delta.grad.sign_()
             opt.step()
@@ -184,6 +202,13 @@ class SleeperAgent(PatchTrigger, BackdoorAttack):
             losses.append(float(loss.detach()))
         goal.params["matching_loss"] = {"first": losses[0], "last": losses[-1], "min": min(losses)}
         return PoisonedDataset.from_rows(train, self._released(train, idx, base, delta), idx, goal)
+
+    @staticmethod
+    def _adversarial_gradient(model: nn.Module, x_adv: torch.Tensor, y_adv: torch.Tensor):
+        """(g_adv, ||g_adv||) of one surrogate: the loss of the triggered sources labelled as the target."""
+        params = [p for p in model.parameters() if p.requires_grad]
+        g = tuple(t.detach() for t in torch.autograd.grad(F.cross_entropy(model(x_adv), y_adv), params))
+        return g, torch.sqrt(sum(t.pow(2).sum() for t in g))
 
     def _released(self, train: Dataset, idx, base, delta) -> Dataset:
         return train.replace_rows(idx, (base + self.eps * delta.detach()).clamp(0, 1))
