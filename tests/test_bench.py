@@ -294,6 +294,34 @@ def test_paper_numbers_sit_beside_ours_and_unmatched_ones_are_named():
     assert rows[2:4] == ["| 0.1 | 90 ± 0 | 99 |", "| 0.2 | 90 ± 0 | 99 (ResNet) |"]
 
 
+def test_a_matched_column_takes_the_candidate_closest_in_accuracy_per_row():
+    """Seed 003's Rand*: per detector row, the noise level whose mean accuracy is closest to Mendata's; its
+    success is shown under the new column, and the note names each choice."""
+    cells = [StoredCell(f"c{i}", i, {"detector": d}, 2, {}) for i, d in enumerate(["R 0.1", "R 0.5"])]
+    acc = {
+        "c0": {"Rand(1)": 0.90, "Rand(3)": 0.80, "Mendata": 0.81},
+        "c1": {"Rand(1)": 0.90, "Rand(3)": 0.80, "Mendata": 0.88},
+    }
+    asr = {"Rand(1)": 0.7, "Rand(3)": 0.4, "Mendata": 0.1}
+    trials = [
+        {"cell_id": c.cell_id, "trial": t, "status": "ok",
+         "metrics": {**{f"purification.{p}.clean_accuracy": a for p, a in acc[c.cell_id].items()},
+                     **{f"purification.{p}.gm.success": v for p, v in asr.items()}}}
+        for c in cells for t in range(2)
+    ]  # fmt: skip
+    matched = {"label": "Rand*", "dimension": "purifier", "among": ["Rand(1)", "Rand(3)"], "to": "Mendata",
+               "by": "purification.{purifier}.clean_accuracy"}  # fmt: skip
+    table = {"metric": "purification.{purifier}.gm.success", "rows": "detector", "columns": "purifier",
+             "digits": 1, "matched": [matched]}  # fmt: skip
+    spec = {"axes": {"detector": {}}, "tables": [table]}
+    (table,) = build_tables(StoredMatrix("m", spec, None, "now", cells, trials))
+    md = table.markdown().splitlines()
+    assert md[0] == "| detector | Rand(1) | Rand(3) | Rand* | Mendata |"
+    assert md[2] == "| R 0.1 | 0.7 ± 0.0 | 0.4 ± 0.0 | 0.4 ± 0.0 | 0.1 ± 0.0 |"  # 0.80 is closest to 0.81
+    assert md[3] == "| R 0.5 | 0.7 ± 0.0 | 0.4 ± 0.0 | 0.7 ± 0.0 | 0.1 ± 0.0 |"  # 0.90 is closest to 0.88
+    assert "R 0.1: Rand(3); R 0.5: Rand(1)." in md[-1]
+
+
 def test_bench_writes_the_result_file_with_the_paper_and_the_command(tmp_path, capsys):
     raw = tiny_matrix(
         trials=1,

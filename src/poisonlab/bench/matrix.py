@@ -105,6 +105,20 @@ def _label_of(value: Any) -> str:
     return str(value)
 
 
+class MatchedSpec(BaseModel):
+    """A column (or row) that takes, per table row, the candidate level closest to a reference level on
+    another metric: seed 003's Rand* and Frien*, the noise "searched such that their accuracy is as close as
+    possible to Mendata's". The choice reads the mean of ``by`` over the cell's trials."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    label: str = Field(description="name of the new level, e.g. Rand*")
+    dimension: str = Field(description="the placeholder or axis whose levels are the candidates")
+    among: list[str] = Field(min_length=1, description="candidate levels, e.g. Rand(1/10), Rand(3/10)")
+    to: str = Field(description="the level matched, e.g. Mendata")
+    by: str = Field(description="the metric compared, with the same placeholders, e.g. {purifier} accuracy")
+
+
 class TableSpec(BaseModel):
     """A table: a metric (``{name}`` placeholders become dimensions) laid out by rows and columns."""
 
@@ -124,10 +138,23 @@ class TableSpec(BaseModel):
         description="the paper's numbers: row label -> value, or row label -> {column label: value}",
     )
 
+    matched: list[MatchedSpec] = Field(
+        default_factory=list, description="levels chosen per row by the closest value of another metric"
+    )
+
     @field_validator("rows", "columns", "pool", mode="before")
     @classmethod
     def _lists(cls, value: Any) -> Any:
         return _as_list(value)
+
+    @model_validator(mode="after")
+    def _check_matched(self):
+        for m in self.matched:
+            if sorted(_PLACEHOLDER.findall(m.by)) != sorted(self.placeholders()):
+                raise ValueError(
+                    f"matched {m.label!r}: by {m.by!r} must have the placeholders of {self.metric!r}"
+                )
+        return self
 
     def placeholders(self) -> list[str]:
         return _PLACEHOLDER.findall(self.metric)

@@ -117,6 +117,7 @@ class Table:
     plot: bool = True
     failed: list[dict[str, str]] = field(default_factory=list)  # axis labels of cells with only failures
     paper: dict[str, Any] = field(default_factory=dict)  # row label -> value | {column label: value}
+    extra_notes: list[str] = field(default_factory=list)  # e.g. which level each matched level took
 
     def is_failed(self, row: tuple[str, ...], col: tuple[str, ...]) -> bool:
         """True when a cell of the matrix at (row, col) has only failed trials."""
@@ -225,6 +226,7 @@ class Table:
     def notes(self) -> list[str]:
         """The lines under the table: the oracle mark and paper values that found no row."""
         out = [ORACLE_NOTE] if self.has_oracle() else []
+        out += self.extra_notes
         missing = self.unmatched_paper()
         if missing:
             out.append("Paper values with no row or column here: " + "; ".join(missing) + ".")
@@ -347,6 +349,60 @@ def build_table(
     return table
 
 
+def add_matched(table: Table, data: StoredMatrix, spec: TableSpec) -> None:
+    """Add each ``spec.matched`` level: per key of the other dimensions, the stats of the candidate whose mean
+    ``by`` is closest to the matched level's (seed 003's Rand* / Frien*), with a note naming each choice."""
+    for m in spec.matched:
+        on_cols = m.dimension in table.col_dims
+        dims = table.col_dims if on_cols else table.row_dims
+        if m.dimension not in dims:
+            table.extra_notes.append(f"{m.label}: no dimension {m.dimension!r} in this table.")
+            continue
+        by_spec = spec.model_copy(update={"metric": m.by, "matched": [], "paper": {}})
+        by = build_table(data, by_spec, keep_empty=True)
+        if by is not None:
+            _match(table, by, m, on_cols, dims.index(m.dimension))
+
+
+def _match(table: Table, by: Table, m, on_cols: bool, i: int) -> None:
+    def at(row, col, level):
+        key = col if on_cols else row
+        key = key[:i] + (level,) + key[i + 1 :]
+        return (row, key) if on_cols else (key, col)
+
+    def mean_by(row, col, level) -> float | None:
+        stat = by.cells.get(at(row, col, level))
+        return stat.mean if stat is not None and stat.n else None
+
+    choices = []
+    for row, col in [k for k in table.cells if (k[1] if on_cols else k[0])[i] == m.to]:
+        ref = mean_by(row, col, m.to)
+        candidates = [
+            c for c in m.among if at(row, col, c) in table.cells and mean_by(row, col, c) is not None
+        ]
+        if ref is None or not candidates:
+            continue
+        best = min(candidates, key=lambda c: abs(mean_by(row, col, c) - ref))
+        table.cells[at(row, col, m.label)] = table.cells[at(row, col, best)]
+        where = [v for j, v in enumerate(col if on_cols else row) if j != i] + list(row if on_cols else col)
+        choices.append(f"{' / '.join(where) or 'all'}: {best}")
+    if not choices:
+        return
+    keys = table.cols if on_cols else table.rows
+    levels = _ordered(k[i] for k in keys)
+    levels.insert(max(levels.index(c) for c in m.among if c in levels) + 1, m.label)
+    orders = [levels if j == i else _ordered(k[j] for k in keys) for j in range(len(keys[0]))]
+    present = set(keys) | {(k[1] if on_cols else k[0]) for k in table.cells}
+    if on_cols:
+        table.cols = _product(orders, present)
+    else:
+        table.rows = _product(orders, present)
+    table.extra_notes.append(
+        f"{m.label}: the one of {', '.join(m.among)} whose mean {m.by} is closest to {m.to}'s, chosen per "
+        "row as seed 003 searches its baselines (on the reported accuracy): " + "; ".join(choices) + "."
+    )
+
+
 def _failed_labels(data: StoredMatrix) -> list[dict[str, str]]:
     """Axis labels of the cells with a stored trial, every one of them failed."""
     status: dict[str, set[str]] = {}
@@ -379,5 +435,6 @@ def build_tables(data: StoredMatrix) -> list[Table]:
     for spec, title in specs:
         table = build_table(data, spec, title, keep_empty=bool(declared))
         if table is not None:
+            add_matched(table, data, spec)
             out.append(table)
     return out
