@@ -35,6 +35,15 @@ that several detectors find odd come before rows that one does. Chosen on plante
 on digits: Fisher's combination of the detectors' rank tail probabilities (the rank product) was as good on
 flips and far worse on BadNets (AUROC 0.79 against 0.98), the trigger being diluted by seven uninformed
 detectors. No ground truth is read.
+
+Gate: a backdoor-type detector (trigger, spectral signature, activation clustering, outlier) takes part in
+the combined rank only when its most suspicious 5% of rows concentrate in one given label (at least 4x that
+label's share): an all-to-one backdoor labels its rows with the target, while a detector that sees no
+backdoor spreads its tail over the labels. On the CIFAR-10 subset, where the scan's model is weak, the tails
+of these four outranked the label-noise detectors (combined AUROC on 10% flips 0.67 -> 0.79 with the gate;
+cleanlab 0.80); on digits and MNIST, where the trigger check finds BadNets, nothing changes. An all-to-all
+backdoor would be gated out (its detectors' columns and flags stay; ``settings["left_out_of_combined"]``
+names the detectors left out).
 """
 
 from __future__ import annotations
@@ -61,6 +70,8 @@ DETECTORS = (
     "label_quality", "knn_label", "self_influence", "spectral", "activation_clustering", "outlier",
     "duplicate", "trigger",
 )  # fmt: skip
+# detectors that look for a backdoor's rows rather than wrong labels (gated in the combined rank)
+BACKDOOR_DETECTORS = ("trigger", "spectral", "activation_clustering", "outlier")
 
 
 @dataclass
@@ -136,10 +147,37 @@ def evidence(name: str, scores: np.ndarray) -> np.ndarray:
     return robust_z(scores)
 
 
-def combine(scores: dict[str, np.ndarray], z_cap: float = 5.0) -> tuple[np.ndarray, np.ndarray]:
+def label_concentration(z: np.ndarray, labels: np.ndarray, top: float = 0.05) -> float:
+    """How much the ``top`` share of rows by ``z`` over-represents its most common given label: the largest
+    (share among them / share in the data) over the labels (1 = as the data; 1 / share = all one label)."""
+    n = len(labels)
+    rows = np.argsort(-z, kind="stable")[: max(1, round(top * n))]
+    size = int(labels.max()) + 1
+    base = np.bincount(labels, minlength=size) / n
+    share = np.bincount(labels[rows], minlength=size) / len(rows)
+    return float(np.max(share[base > 0] / base[base > 0]))
+
+
+def backdoor_gate(scores: dict[str, np.ndarray], labels: np.ndarray, min_concentration: float = 4.0) -> list:
+    """The backdoor-type detectors (``BACKDOOR_DETECTORS``) whose most suspicious 5% of rows do not
+    concentrate in one given label (< ``min_concentration`` x its share): an all-to-one backdoor labels its
+    rows with the target, so such a detector sees no backdoor, and its tail (a weak model's confident rows,
+    ordinary outliers) would only push real findings down the combined rank."""
+    return [
+        name for name in BACKDOOR_DETECTORS
+        if name in scores and label_concentration(evidence(name, scores[name]), labels) < min_concentration
+    ]  # fmt: skip
+
+
+def combine(
+    scores: dict[str, np.ndarray], z_cap: float = 5.0, labels: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(combined statistic, rank with 1 = look first): the largest capped robust z over the detectors, ties
-    broken by the sum of the squared positive capped z (see the module docstring)."""
-    z = np.stack([np.minimum(evidence(name, values), z_cap) for name, values in scores.items()])
+    broken by the sum of the squared positive capped z (see the module docstring). With ``labels``, the
+    backdoor-type detectors that :func:`backdoor_gate` leaves out do not take part."""
+    left_out = backdoor_gate(scores, labels) if labels is not None else []
+    used = {name: values for name, values in scores.items() if name not in left_out}
+    z = np.stack([np.minimum(evidence(name, values), z_cap) for name, values in used.items()])
     stat = z.max(0) + 1e-3 * (np.clip(z, 0, None) ** 2).sum(0)
     order = np.argsort(-stat, kind="stable")
     rank = np.empty(len(stat), dtype=np.int64)
@@ -332,7 +370,8 @@ def scan(
         _robust("trigger", survives, "prediction survives blending with other images", scores, flags,
                 reasons, z_flag)  # fmt: skip
 
-    stat, rank = combine(scores, z_cap)
+    stat, rank = combine(scores, z_cap, labels)
+    left_out = backdoor_gate(scores, labels)
     tails = {name: tail_probability(values) for name, values in scores.items()}
     text = []
     for i in range(n):  # one string per row: the reasons of the detectors that flag it, else its best rank
@@ -346,7 +385,7 @@ def scan(
         reasons=text, classes=data.classes, baseline={"loss": loss}, out_of_fold=p,
         settings={"model": model, "folds": folds, "k": k, "seed": seed, "z_flag": z_flag, "z_cap": z_cap,
                   "overlays": overlays, "near_duplicate": near_duplicate, "epochs": config.epochs,
-                  "user_weights": weights is not None},
+                  "user_weights": weights is not None, "left_out_of_combined": left_out},
     )  # fmt: skip
 
 
