@@ -9,7 +9,7 @@ from sklearn.metrics import roc_auc_score
 
 from poisonlab.data import Dataset, load_digits
 from poisonlab.scan import combine, confident_learning, scan
-from poisonlab.scan.core import evidence, stratified_folds
+from poisonlab.scan.core import backdoor_gate, evidence, label_concentration, stratified_folds
 from poisonlab.training import TrainConfig
 
 CONFIG = TrainConfig(epochs=6, checkpoint_every=2)
@@ -80,6 +80,32 @@ def test_confident_learning_flags_the_off_diagonal_and_combination_puts_one_stro
     assert set(np.flatnonzero(rank <= 10)) == set(range(10))
     # heavy-tailed positive scores are compared on a log scale: a lognormal bulk has no z beyond ~4.5
     assert evidence("self_influence", np.exp(rng.normal(size=500))).max() < 4.5
+
+
+def test_a_backdoor_detector_joins_the_combined_rank_only_when_its_tail_sits_in_one_label():
+    """The gate: a trigger check whose extreme rows are spread over the labels (a weak model's confident
+    rows) is left out, so the label-noise detector's rows come first; the same tail all in one label (an
+    all-to-one backdoor) takes part and comes first."""
+    rng = np.random.default_rng(0)
+    n = 1000
+    labels = np.arange(n) % 10
+    quality = rng.uniform(0.0, 0.5, n)
+    quality[:50] = rng.uniform(0.7, 0.9, 50)  # 50 rows whose label the model doubts
+    trigger = rng.normal(size=n)
+    tail = rng.choice(np.arange(50, n), 50, replace=False)
+    trigger[tail] += 30  # 50 rows with a huge trigger score, labels spread
+    spread = {"label_quality": quality, "trigger": trigger}
+    assert backdoor_gate(spread, labels) == ["trigger"]
+    _, rank = combine(spread, labels=labels)
+    assert (rank[:50] <= 50).mean() > 0.9
+    _, ungated = combine(spread)  # without labels every detector takes part: the trigger's tail comes first
+    assert (ungated[tail] <= 50).mean() > 0.9
+    one_label = labels.copy()
+    one_label[tail] = 3  # the same rows, all labelled with one target class
+    assert backdoor_gate(spread, one_label) == []
+    _, rank = combine(spread, labels=one_label)
+    assert (rank[tail] <= 50).mean() > 0.9
+    assert label_concentration(trigger, one_label) > 4 > label_concentration(trigger, labels)
 
 
 def test_folds_are_stratified_and_seeded():
