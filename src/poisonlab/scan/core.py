@@ -44,6 +44,11 @@ of these four outranked the label-noise detectors (combined AUROC on 10% flips 0
 cleanlab 0.80); on digits and MNIST, where the trigger check finds BadNets, nothing changes. An all-to-all
 backdoor would be gated out (its detectors' columns and flags stay; ``settings["left_out_of_combined"]``
 names the detectors left out).
+
+Cap: 8 (it was 5). With the gate in place, a cap of 5 let rows that several detectors push to the cap
+outrank the trigger check's rows: on MNIST BadNets the first 1% of the combined rank held 1% of the poisons
+against the trigger check's 20%; at 8: 20%, AUROC 0.981 -> 0.999 (digits 5% flips + 5% BadNets, all poisons:
+0.996 -> 0.998; MNIST flips 0.998 -> 0.996; CIFAR unchanged).
 """
 
 from __future__ import annotations
@@ -170,7 +175,7 @@ def backdoor_gate(scores: dict[str, np.ndarray], labels: np.ndarray, min_concent
 
 
 def combine(
-    scores: dict[str, np.ndarray], z_cap: float = 5.0, labels: np.ndarray | None = None
+    scores: dict[str, np.ndarray], z_cap: float = 8.0, labels: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """(combined statistic, rank with 1 = look first): the largest capped robust z over the detectors, ties
     broken by the sum of the squared positive capped z (see the module docstring). With ``labels``, the
@@ -249,7 +254,7 @@ def scan(
     seed: int = 0,
     detectors: tuple[str, ...] = DETECTORS,
     z_flag: float = 3.5,
-    z_cap: float = 5.0,
+    z_cap: float = 8.0,
     near_duplicate: float = 0.99,
     overlays: int = 20,
     progress: bool = False,
