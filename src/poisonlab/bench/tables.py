@@ -398,8 +398,10 @@ def _match(table: Table, by: Table, m, on_cols: bool, i: int) -> None:
     else:
         table.rows = _product(orders, present)
     table.extra_notes.append(
-        f"{m.label}: the one of {', '.join(m.among)} whose mean {m.by} is closest to {m.to}'s, chosen per "
-        "row as seed 003 searches its baselines (on the reported accuracy): " + "; ".join(choices) + "."
+        f"{m.label}: the one of {', '.join(m.among)} whose mean {m.by} is closest to {m.to}'s, chosen for "
+        "each setting as seed 003 searches its baselines (on the reported accuracy): "
+        + "; ".join(choices)
+        + "."
     )
 
 
