@@ -155,8 +155,8 @@ def test_sleeper_agent_ensemble_loss_is_the_mean_over_its_surrogates(digits_spli
     kw = dict(target=0, source=1, count=12, eps=32 / 255, patch_size=3, steps=1, retrain_every=0,
               surrogate_epochs=2)  # fmt: skip
     attack = SleeperAgent(ensemble=2, **kw)
-    gen = torch.Generator().manual_seed(0)
-    first = attack.craft(train_set, generator=gen).goals[0].params["matching_loss"]["first"]
+    goal = attack.craft(train_set, generator=torch.Generator().manual_seed(0)).goals[0]
+    first = goal.params["matching_loss"]["first"]
     gen = torch.Generator().manual_seed(0)
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
     models = [attack._surrogate(train_set, seed + k * 7919) for k in range(2)]
@@ -164,7 +164,6 @@ def test_sleeper_agent_ensemble_loss_is_the_mean_over_its_surrogates(digits_spli
     x_t, y_t = train_set.x[target_rows], train_set.y[target_rows]
     norms = torch.stack([gradient_norms(m, x_t, y_t) for m in models])
     idx = target_rows[norms.mean(0).argsort(descending=True)[:n]].sort().values
-    goal = attack.craft(train_set, generator=torch.Generator().manual_seed(0)).goals[0]
     x_src = train_set.x[sources]
     y_adv = torch.full((len(sources),), 0, dtype=torch.int64)
     losses = []

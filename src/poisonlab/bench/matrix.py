@@ -106,9 +106,9 @@ def _label_of(value: Any) -> str:
 
 
 class MatchedSpec(BaseModel):
-    """A column (or row) that takes, per table row, the candidate level closest to a reference level on
-    another metric: seed 003's Rand* and Frien*, the noise "searched such that their accuracy is as close as
-    possible to Mendata's". The choice reads the mean of ``by`` over the cell's trials."""
+    """A column (or row) that takes, for each setting of the other dimensions, the candidate level closest to
+    a reference level on another metric: seed 003's Rand* and Frien*, the noise "searched such that their
+    accuracy is as close as possible to Mendata's". The choice reads the mean of ``by`` over the trials."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -139,7 +139,7 @@ class TableSpec(BaseModel):
     )
 
     matched: list[MatchedSpec] = Field(
-        default_factory=list, description="levels chosen per row by the closest value of another metric"
+        default_factory=list, description="levels chosen per setting by the closest value of another metric"
     )
 
     @field_validator("rows", "columns", "pool", mode="before")

@@ -375,8 +375,8 @@ def scan(
         _robust("trigger", survives, "prediction survives blending with other images", scores, flags,
                 reasons, z_flag)  # fmt: skip
 
-    stat, rank = combine(scores, z_cap, labels)
-    left_out = backdoor_gate(scores, labels)
+    left_out = backdoor_gate(scores, labels)  # gated once here; combine() gates itself only when given labels
+    stat, rank = combine({name: v for name, v in scores.items() if name not in left_out}, z_cap)
     tails = {name: tail_probability(values) for name, values in scores.items()}
     text = []
     for i in range(n):  # one string per row: the reasons of the detectors that flag it, else its best rank
