@@ -21,8 +21,13 @@ model trained on the other folds. The others read one model trained on every row
 * ``trigger``: STRIP (Gao et al. 2019): each row blended with ``overlays`` random rows of the set; a
   prediction that survives every blend (low entropy) suggests a dominant patch or blend; score -log of
   the mean entropy (a trojaned row's entropy is near 0: on a log scale it stands apart).
+* ``shared_patch``: rows that carry the same 3x3 pixel window at the same place, share a label, and are
+  misread by the out-of-fold models (:mod:`poisonlab.detection.shared_patch`): a stamped trigger the
+  models have not learned, which STRIP cannot see; score -log10 of a Bonferroni-corrected binomial tail
+  probability, read as a z-score.
 
-Flags: ``label_quality``, ``knn_label``, ``activation_clustering`` and ``duplicate`` by their own rules above;
+Flags: ``label_quality``, ``knn_label``, ``activation_clustering`` and ``duplicate`` by their own rules above
+(``shared_patch`` at the z of ``z_flag``);
 the others when their robust z-score (median / 1.4826 MAD, after taking the log of the positive, heavy-tailed
 scores ``self_influence``, ``spectral`` and ``outlier``) exceeds ``z_flag``. ``loss`` (the full model's own
 per-row loss) is reported as the trivial baseline and is not in the combination.
@@ -36,14 +41,14 @@ on digits: Fisher's combination of the detectors' rank tail probabilities (the r
 flips and far worse on BadNets (AUROC 0.79 against 0.98), the trigger being diluted by seven uninformed
 detectors. No ground truth is read.
 
-Gate: a backdoor-type detector (trigger, spectral signature, activation clustering, outlier) takes part in
-the combined rank only when its most suspicious 5% of rows concentrate in one given label (at least 4x that
-label's share): an all-to-one backdoor labels its rows with the target, while a detector that sees no
-backdoor spreads its tail over the labels. On the CIFAR-10 subset, where the scan's model is weak, the tails
-of these four outranked the label-noise detectors (combined AUROC on 10% flips 0.67 -> 0.79 with the gate;
-cleanlab 0.80); on digits and MNIST, where the trigger check finds BadNets, nothing changes. An all-to-all
-backdoor would be gated out (its detectors' columns and flags stay; ``settings["left_out_of_combined"]``
-names the detectors left out).
+Gate: a backdoor-type detector (trigger, shared patch, spectral signature, activation clustering, outlier)
+takes part in the combined rank only when its most suspicious 5% of rows (those above its centre, for the
+sparse shared patch) concentrate in one given label (at least 4x that label's share): an all-to-one backdoor
+labels its rows with the target, while a detector that sees no backdoor spreads its tail over the labels. On
+the CIFAR-10 subset, where the scan's model is weak, the tails of the first four outranked the label-noise
+detectors (combined AUROC on 10% flips 0.67 -> 0.79 with the gate; cleanlab 0.80); on digits and MNIST, where
+the trigger check finds BadNets, nothing changes. An all-to-all backdoor would be gated out (its detectors'
+columns and flags stay; ``settings["left_out_of_combined"]`` names the detectors left out).
 
 Cap: 8 (it was 5). With the gate in place, a cap of 5 let rows that several detectors push to the cap
 outrank the trigger check's rows: on MNIST BadNets the first 1% of the combined rank held 1% of the poisons
@@ -58,6 +63,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.stats import norm
 from tqdm.auto import tqdm
 
 from poisonlab.checks import check_dataset, check_int, check_seed
@@ -65,6 +71,7 @@ from poisonlab.data import Dataset
 from poisonlab.detection.activation_clustering import cluster_scores
 from poisonlab.detection.influence import TracInCP
 from poisonlab.detection.knn import vote_margin
+from poisonlab.detection.shared_patch import shared_patch_scores
 from poisonlab.detection.spectral import spectral_scores
 from poisonlab.detection.strip import Strip
 from poisonlab.errors import ConfigError
@@ -73,10 +80,10 @@ from poisonlab.training import TrainConfig, train
 
 DETECTORS = (
     "label_quality", "knn_label", "self_influence", "spectral", "activation_clustering", "outlier",
-    "duplicate", "trigger",
+    "duplicate", "trigger", "shared_patch",
 )  # fmt: skip
 # detectors that look for a backdoor's rows rather than wrong labels (gated in the combined rank)
-BACKDOOR_DETECTORS = ("trigger", "spectral", "activation_clustering", "outlier")
+BACKDOOR_DETECTORS = ("trigger", "shared_patch", "spectral", "activation_clustering", "outlier")
 
 
 @dataclass
@@ -149,6 +156,8 @@ def evidence(name: str, scores: np.ndarray) -> np.ndarray:
         scores = np.log(np.maximum(scores, 0) + 1e-12)
     elif name == "label_quality":
         scores = np.log(scores + 1e-6) - np.log1p(1e-6 - scores)
+    elif name == "shared_patch":  # already a -log10 p-value: its normal quantile, 0 for p = 1
+        return np.maximum(norm.isf(np.power(10.0, -np.minimum(scores, 300.0))), 0.0)
     return robust_z(scores)
 
 
@@ -157,6 +166,9 @@ def label_concentration(z: np.ndarray, labels: np.ndarray, top: float = 0.05) ->
     (share among them / share in the data) over the labels (1 = as the data; 1 / share = all one label)."""
     n = len(labels)
     rows = np.argsort(-z, kind="stable")[: max(1, round(top * n))]
+    rows = rows[z[rows] > 0]  # a sparse detector's tail: only the rows it scores above its centre
+    if not len(rows):
+        return 1.0
     size = int(labels.max()) + 1
     base = np.bincount(labels, minlength=size) / n
     share = np.bincount(labels[rows], minlength=size) / len(rows)
@@ -374,6 +386,16 @@ def scan(
         survives = -np.log(entropy + 1e-6)
         _robust("trigger", survives, "prediction survives blending with other images", scores, flags,
                 reasons, z_flag)  # fmt: skip
+
+    if "shared_patch" in detectors and data.x.ndim == 4 and min(data.x.shape[2:]) >= 3:
+        patch, at, size = shared_patch_scores(data.x, labels, p.argmax(1) != labels)
+        scores["shared_patch"] = patch
+        flags["shared_patch"] = evidence("shared_patch", patch) > z_flag
+        for i in np.flatnonzero(flags["shared_patch"]):
+            reasons[i].append(
+                f"shares its 3x3 pixel window at ({at[i, 0]}, {at[i, 1]}) with {size[i] - 1} other rows "
+                f"labelled {data.classes[labels[i]]} that out-of-fold models misread"
+            )
 
     left_out = backdoor_gate(scores, labels)  # gated once here; combine() gates itself only when given labels
     stat, rank = combine({name: v for name, v in scores.items() if name not in left_out}, z_cap)
