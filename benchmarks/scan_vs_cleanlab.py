@@ -102,6 +102,7 @@ def main() -> None:
     parser.add_argument("--datasets", default="mnist,cifar10")
     parser.add_argument("--families", default=",".join(FAMILIES), help="comma-separated names of FAMILIES")
     parser.add_argument("--out", default=str(HERE / "results" / "scan.md"))
+    parser.add_argument("--scores", help="folder to save every set's scores, labels and truth (npz) in")
     args = parser.parse_args()
     families = [f.strip() for f in args.families.split(",")]
     unknown = [f for f in families if f not in FAMILIES]
@@ -131,6 +132,11 @@ def main() -> None:
             seconds = time.perf_counter() - start
             timings.append(f"{data_name}, {family}: {seconds:.0f} s (crafting {craft_seconds:.0f} s)")
             evaluation = evaluate(result, truth)
+            if args.scores:  # for studying combination rules offline
+                Path(args.scores).mkdir(parents=True, exist_ok=True)
+                np.savez(Path(args.scores) / f"{data_name} {family}.npz".replace("/", "_"), truth=truth,
+                         labels=result.labels, rank=result.rank, loss=result.baseline["loss"],
+                         out_of_fold=result.out_of_fold, **result.scores)  # fmt: skip
             rows = [measure(name, evaluation[name]) for name in result.scores]
             rows.append(measure("combined (poisonlab)", evaluation["combined"]))
             quality, issues = cleanlab_columns(result.labels, result.out_of_fold)

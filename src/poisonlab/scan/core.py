@@ -48,7 +48,11 @@ labels its rows with the target, while a detector that sees no backdoor spreads 
 the CIFAR-10 subset, where the scan's model is weak, the tails of the first four outranked the label-noise
 detectors (combined AUROC on 10% flips 0.67 -> 0.79 with the gate; cleanlab 0.80); on digits and MNIST, where
 the trigger check finds BadNets, nothing changes. An all-to-all backdoor would be gated out (its detectors'
-columns and flags stay; ``settings["left_out_of_combined"]`` names the detectors left out).
+columns and flags stay; ``settings["left_out_of_combined"]`` names the detectors left out). Second rule: the
+rest of that label's rows must look ordinary to the detector (their lower-quartile z at most 0.5): STRIP keeps
+MNIST's 8s confident under blending, so its tail sat in label 8 and passed the first rule on 30% targeted 3 ->
+9 flips, pushing the flips down (combined AUROC 0.944, 0.977 with the rule; cleanlab 0.972). A stamped
+subgroup leaves the rest of its label ordinary.
 
 Cap: 8 (it was 5). With the gate in place, a cap of 5 let rows that several detectors push to the cap
 outrank the trigger check's rows: on MNIST BadNets the first 1% of the combined rank held 1% of the poisons
@@ -161,29 +165,39 @@ def evidence(name: str, scores: np.ndarray) -> np.ndarray:
     return robust_z(scores)
 
 
-def label_concentration(z: np.ndarray, labels: np.ndarray, top: float = 0.05) -> float:
-    """How much the ``top`` share of rows by ``z`` over-represents its most common given label: the largest
-    (share among them / share in the data) over the labels (1 = as the data; 1 / share = all one label)."""
+def label_concentration(z: np.ndarray, labels: np.ndarray, top: float = 0.05) -> tuple[float, int]:
+    """(how much the ``top`` share of rows by ``z`` over-represents its most common given label, that label):
+    the largest share among them / share in the data over the labels (1 = as the data; 1 / share = all
+    one label)."""
     n = len(labels)
     rows = np.argsort(-z, kind="stable")[: max(1, round(top * n))]
     rows = rows[z[rows] > 0]  # a sparse detector's tail: only the rows it scores above its centre
     if not len(rows):
-        return 1.0
+        return 1.0, -1
     size = int(labels.max()) + 1
     base = np.bincount(labels, minlength=size) / n
     share = np.bincount(labels[rows], minlength=size) / len(rows)
-    return float(np.max(share[base > 0] / base[base > 0]))
+    ratio = np.where(base > 0, share / np.maximum(base, 1e-12), 0.0)
+    return float(ratio.max()), int(ratio.argmax())
 
 
-def backdoor_gate(scores: dict[str, np.ndarray], labels: np.ndarray, min_concentration: float = 4.0) -> list:
-    """The backdoor-type detectors (``BACKDOOR_DETECTORS``) whose most suspicious 5% of rows do not
-    concentrate in one given label (< ``min_concentration`` x its share): an all-to-one backdoor labels its
-    rows with the target, so such a detector sees no backdoor, and its tail (a weak model's confident rows,
-    ordinary outliers) would only push real findings down the combined rank."""
-    return [
-        name for name in BACKDOOR_DETECTORS
-        if name in scores and label_concentration(evidence(name, scores[name]), labels) < min_concentration
-    ]  # fmt: skip
+def backdoor_gate(
+    scores: dict[str, np.ndarray], labels: np.ndarray, min_concentration: float = 4.0, max_floor: float = 0.5
+) -> list:
+    """The backdoor-type detectors (``BACKDOOR_DETECTORS``) that do not see an all-to-one backdoor: their
+    most suspicious 5% of rows do not concentrate in one given label (< ``min_concentration`` x its
+    share), or that label's rows are high as a whole (their lower quartile z above ``max_floor``: a class
+    the detector favours, as STRIP favours MNIST's 8s, not a subgroup stamped into it). Such a tail (a weak
+    model's confident rows, ordinary outliers, a favoured class) would only push real findings down."""
+    left_out = []
+    for name in BACKDOOR_DETECTORS:
+        if name not in scores:
+            continue
+        z = evidence(name, scores[name])
+        concentration, label = label_concentration(z, labels)
+        if concentration < min_concentration or np.quantile(z[labels == label], 0.25) > max_floor:
+            left_out.append(name)
+    return left_out
 
 
 def combine(
