@@ -4,14 +4,17 @@ misread by a model that never trained on them: the trace a stamped trigger (BadN
 Not from a paper: a data-level complement to STRIP for the case where the model has not learned the
 trigger (the scan's CIFAR models learn a 3x3 patch from 5% of 4,000 rows too weakly for STRIP to see it).
 For every position of a ``window`` x ``window`` window (stride 1, every channel), the rows are grouped by
-the window's content, quantised to ``levels`` grey levels. A stamped trigger puts its poisons in one
-group at its position, all with the target label. Natural groups exist too (a background, a digit's
-stroke where that digit is drawn), and their rows can share a label as well, so the test is not the label
-but the model: among the k rows of a group with label y, d are predicted as another class by a model that
-did not train on them (out of fold); under no attack d ~ Binomial(k, e_y), with e_y the out-of-fold error
-rate over all rows labelled y. Rows stamped with an unlearned trigger keep looking like their source
-classes, so d is near k. Each row's score is the largest, over positions, of -log10 of its group's
-binomial tail probability, Bonferroni-corrected by the number of groups tested (k >= ``min_rows``).
+the window's content, quantised to ``levels`` grey levels. A stamped trigger puts its poisons in one group
+at its position, all with the target label. Natural groups exist too (a background, a digit's stroke where
+that digit is drawn), and their rows can share a label as well, so the test is not the label but the model:
+among the k rows of a group with label y, d are predicted as another class by a model that did not train on
+them (out of fold); under no attack d ~ Binomial(k, e_y), with e_y the out-of-fold error rate over all rows
+labelled y. Rows stamped with an unlearned trigger keep looking like their source classes, so d is near k.
+Only groups where the label holds at least ``min_share`` of the rows sharing the window are tested: flipped
+rows share their true class's strokes with many correctly labelled rows (on 2,000 MNIST rows with 30% flips,
+22% of the rows were flagged without this rule, none with it). Each row's score is the largest, over
+positions, of -log10 of its group's binomial tail probability, Bonferroni-corrected by the number of groups
+tested (k >= ``min_rows``).
 
 Limits: a trigger the out-of-fold models learn (MNIST's patch) makes d small (STRIP sees those); blended or
 per-row triggers share no window; a trigger saved through lossy compression shares it only up to the
@@ -23,10 +26,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 from scipy.stats import binom
+from tqdm.auto import tqdm
 
 
 def _window_keys(x: torch.Tensor, row: int, col: int, window: int, levels: int) -> torch.Tensor:
-    """(N, parts) int64 exact keys of the quantised window at (row, col): 12 values of 5 bits per part."""
+    """(N, parts) int64 exact keys of the quantised window at (row, col): as many values as fit in 60 bits
+    per part."""
     patch = x[:, :, row : row + window, col : col + window].reshape(len(x), -1)
     q = (patch.clamp(0, 1) * (levels - 1)).round().long()
     bits = max(1, int(levels - 1).bit_length())
@@ -47,10 +52,13 @@ def shared_patch_scores(
     levels: int = 32,
     min_rows: int = 5,
     min_share: float = 0.5,
+    progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(score = -log10 of the corrected tail probability, clipped at 0; the window's (row, col) per row; the
     size of its group) for images ``x`` (N, C, H, W) in [0, 1], given ``labels`` and whether a model that
-    did not train on the row predicts another class (``mispredicted``)."""
+    did not train on the row predicts another class (``mispredicted``); groups of fewer than ``min_rows``
+    rows with the label, or where the label holds less than ``min_share`` of the rows sharing the window
+    (flipped rows sharing their true class's strokes), are not tested."""
     n, _, height, width = x.shape
     labels = np.asarray(labels, dtype=np.int64)
     wrong = np.asarray(mispredicted, dtype=bool)
@@ -62,7 +70,7 @@ def shared_patch_scores(
     where = np.zeros((n, 2), dtype=np.int64)
     size = np.zeros(n, dtype=np.int64)
     tested = 0
-    for r in range(height - window + 1):
+    for r in tqdm(range(height - window + 1), desc="scan: shared patch", disable=not progress):
         for c in range(width - window + 1):
             keys = _window_keys(x, r, c, window, levels)
             _, group = torch.unique(keys, dim=0, return_inverse=True)

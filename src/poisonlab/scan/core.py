@@ -402,7 +402,7 @@ def scan(
                 reasons, z_flag)  # fmt: skip
 
     if "shared_patch" in detectors and data.x.ndim == 4 and min(data.x.shape[2:]) >= 3:
-        patch, at, size = shared_patch_scores(data.x, labels, p.argmax(1) != labels)
+        patch, at, size = shared_patch_scores(data.x, labels, p.argmax(1) != labels, progress=progress)
         scores["shared_patch"] = patch
         flags["shared_patch"] = evidence("shared_patch", patch) > z_flag
         for i in np.flatnonzero(flags["shared_patch"]):
