@@ -42,17 +42,21 @@ flips and far worse on BadNets (AUROC 0.79 against 0.98), the trigger being dilu
 detectors. No ground truth is read.
 
 Gate: a backdoor-type detector (trigger, shared patch, spectral signature, activation clustering, outlier)
-takes part in the combined rank only when its most suspicious 5% of rows (those above its centre, for the
-sparse shared patch) concentrate in one given label (at least 4x that label's share): an all-to-one backdoor
-labels its rows with the target, while a detector that sees no backdoor spreads its tail over the labels. On
-the CIFAR-10 subset, where the scan's model is weak, the tails of the first four outranked the label-noise
-detectors (combined AUROC on 10% flips 0.67 -> 0.79 with the gate; cleanlab 0.80); on digits and MNIST, where
-the trigger check finds BadNets, nothing changes. An all-to-all backdoor would be gated out (its detectors'
-columns and flags stay; ``settings["left_out_of_combined"]`` names the detectors left out). Second rule: the
-rest of that label's rows must look ordinary to the detector (their lower-quartile z at most 0.5): STRIP keeps
-MNIST's 8s confident under blending, so its tail sat in label 8 and passed the first rule on 30% targeted 3 ->
-9 flips, pushing the flips down (combined AUROC 0.944, 0.977 with the rule; cleanlab 0.972). A stamped
-subgroup leaves the rest of its label ordinary.
+takes part in the combined rank only when its most suspicious 1% or 5% of rows (those above its centre, for
+the sparse shared patch) concentrate in one given label (at least 4x that label's share, or 80% of them) and
+that label is not one the detector favours as a whole (:func:`backdoor_gate`): an all-to-one backdoor labels
+its rows with the target, while a detector that sees no backdoor spreads its tail over the labels. On the
+CIFAR-10 subset, where the scan's model is weak, the tails of the model-based four outranked the
+label-noise detectors (combined AUROC on 10% flips 0.67 -> 0.79 with the gate; cleanlab 0.80). Added with
+the targeted and clean-label families of the benchmark: the favoured-label condition (the lower quartile of
+that label's z at most 0.5): STRIP keeps MNIST's 8s confident under blending, so on 30% 3 -> 9 flips its
+tail sat in label 8 and pushed the flips down (combined AUROC 0.943, with the condition 0.977; cleanlab
+0.972); the 1% tail and the 80% clause: MNIST BadNets at 1% of the rows hid in a 5% tail of natural 8s
+(0.977 -> 0.996 with the 1% tail) and at 20% its target label is 30% of the data, so 4x its share is
+impossible (0.374 -> 0.999). Tried and rejected: the gap between the label's lowest tenth and the other
+labels' (it also cleared 3% flips, 0.986 -> 0.997, but left out the trigger check on digits, whose 0s
+STRIP favours too: BadNets 0.993 -> 0.896). An all-to-all backdoor would be gated out (its detectors'
+columns and flags stay; ``settings["left_out_of_combined"]`` names the detectors left out).
 
 Cap: 8 (it was 5). With the gate in place, a cap of 5 let rows that several detectors push to the cap
 outrank the trigger check's rows: on MNIST BadNets the first 1% of the combined rank held 1% of the poisons
@@ -165,37 +169,32 @@ def evidence(name: str, scores: np.ndarray) -> np.ndarray:
     return robust_z(scores)
 
 
-def label_concentration(z: np.ndarray, labels: np.ndarray, top: float = 0.05) -> tuple[float, int]:
-    """(how much the ``top`` share of rows by ``z`` over-represents its most common given label, that label):
-    the largest share among them / share in the data over the labels (1 = as the data; 1 / share = all
-    one label)."""
-    n = len(labels)
-    rows = np.argsort(-z, kind="stable")[: max(1, round(top * n))]
-    rows = rows[z[rows] > 0]  # a sparse detector's tail: only the rows it scores above its centre
-    if not len(rows):
-        return 1.0, -1
-    size = int(labels.max()) + 1
-    base = np.bincount(labels, minlength=size) / n
-    share = np.bincount(labels[rows], minlength=size) / len(rows)
-    ratio = np.where(base > 0, share / np.maximum(base, 1e-12), 0.0)
-    return float(ratio.max()), int(ratio.argmax())
-
-
 def backdoor_gate(
     scores: dict[str, np.ndarray], labels: np.ndarray, min_concentration: float = 4.0, max_floor: float = 0.5
 ) -> list:
-    """The backdoor-type detectors (``BACKDOOR_DETECTORS``) that do not see an all-to-one backdoor: their
-    most suspicious 5% of rows do not concentrate in one given label (< ``min_concentration`` x its
-    share), or that label's rows are high as a whole (their lower quartile z above ``max_floor``: a class
-    the detector favours, as STRIP favours MNIST's 8s, not a subgroup stamped into it). Such a tail (a weak
-    model's confident rows, ordinary outliers, a favoured class) would only push real findings down."""
+    """The backdoor-type detectors (``BACKDOOR_DETECTORS``) that do not see an all-to-one backdoor. One joins
+    when, in its most suspicious 1% or 5% of rows (those above its centre), some given label holds at least
+    ``min_concentration`` x its share of the data (or 80% of the tail, when that is more than it can hold)
+    and that label is not favoured as a whole: the lower quartile of its rows' z is at most ``max_floor``
+    (STRIP keeps MNIST's 8s confident under blending; a stamped subgroup of up to about half its label
+    leaves the lower quartile ordinary). Other tails (a weak model's confident rows, ordinary outliers, a
+    favoured class) would only push real findings down."""
+    n = len(labels)
+    base = np.bincount(labels) / n
     left_out = []
     for name in BACKDOOR_DETECTORS:
         if name not in scores:
             continue
         z = evidence(name, scores[name])
-        concentration, label = label_concentration(z, labels)
-        if concentration < min_concentration or np.quantile(z[labels == label], 0.25) > max_floor:
+        joins = False
+        for top in (0.01, 0.05):
+            rows = np.argsort(-z, kind="stable")[: max(1, round(top * n))]
+            rows = rows[z[rows] > 0]
+            share = np.bincount(labels[rows], minlength=len(base)) / max(len(rows), 1)
+            for label in np.flatnonzero(share >= np.minimum(min_concentration * base, 0.8)):
+                if np.quantile(z[labels == label], 0.25) <= max_floor:
+                    joins = True
+        if not joins:
             left_out.append(name)
     return left_out
 
