@@ -44,18 +44,20 @@ detectors. No ground truth is read.
 Gate: a backdoor-type detector (trigger, shared patch, spectral signature, activation clustering, outlier)
 takes part in the combined rank only when its most suspicious 1% or 5% of rows (those above its centre, for
 the sparse shared patch) concentrate in one given label (at least 4x that label's share, or 80% of them) and
-that label is not one the detector favours as a whole (:func:`backdoor_gate`): an all-to-one backdoor labels
-its rows with the target, while a detector that sees no backdoor spreads its tail over the labels. On the
-CIFAR-10 subset, where the scan's model is weak, the tails of the model-based four outranked the
+the detector does not merely favour that label as a whole (:func:`backdoor_gate`): an all-to-one backdoor
+labels its rows with the target, while a detector that sees no backdoor spreads its tail over the labels.
+On the CIFAR-10 subset, where the scan's model is weak, the tails of the model-based four outranked the
 label-noise detectors (combined AUROC on 10% flips 0.67 -> 0.79 with the gate; cleanlab 0.80). Added with
-the targeted and clean-label families of the benchmark: the favoured-label condition (the lower quartile of
-that label's z at most 0.5): STRIP keeps MNIST's 8s confident under blending, so on 30% 3 -> 9 flips its
-tail sat in label 8 and pushed the flips down (combined AUROC 0.943, with the condition 0.977; cleanlab
-0.972); the 1% tail and the 80% clause: MNIST BadNets at 1% of the rows hid in a 5% tail of natural 8s
-(0.977 -> 0.996 with the 1% tail) and at 20% its target label is 30% of the data, so 4x its share is
-impossible (0.374 -> 0.999). Tried and rejected: the gap between the label's lowest tenth and the other
-labels' (it also cleared 3% flips, 0.986 -> 0.997, but left out the trigger check on digits, whose 0s
-STRIP favours too: BadNets 0.993 -> 0.896). An all-to-all backdoor would be gated out (its detectors'
+the targeted and clean-label families of the benchmark (MNIST, 4,000 rows, offline on the stored scores):
+the favoured-label test (the label's lower quartile z above 0 and fewer than half of its rows past
+``z_flag`` at the cap): STRIP keeps MNIST's 8s confident under blending, so its tail sat in label 8 and
+pushed flips down (combined AUROC on 3% flips 0.986 -> 0.997, cleanlab 0.997; 3 -> 9 flips of 10% / 30%
+of the 3s 0.981 / 0.943 -> 0.991 / 0.977, cleanlab 0.980 / 0.972), while the digits' 0s, which STRIP
+favours too, keep the trigger check on a BadNets set targeting them (60 of their 81 rows past z_flag are
+at the cap); the 1% tail: BadNets at 1% of the rows hid in a 5% tail of natural 8s (0.977 -> 0.996); the
+80% clause: BadNets at 20% makes its target 30% of the data, so 4x its share is impossible (0.374 ->
+0.999). Rejected: a lower-quartile threshold alone (no value separates the 8s, 0.16-0.76, from the
+digits' 0s at 0.50 and BadNets at 20%, 0.46). An all-to-all backdoor would be gated out (its detectors'
 columns and flags stay; ``settings["left_out_of_combined"]`` names the detectors left out).
 
 Cap: 8 (it was 5). With the gate in place, a cap of 5 let rows that several detectors push to the cap
@@ -170,15 +172,20 @@ def evidence(name: str, scores: np.ndarray) -> np.ndarray:
 
 
 def backdoor_gate(
-    scores: dict[str, np.ndarray], labels: np.ndarray, min_concentration: float = 4.0, max_floor: float = 0.5
+    scores: dict[str, np.ndarray],
+    labels: np.ndarray,
+    min_concentration: float = 4.0,
+    z_flag: float = 3.5,
+    z_cap: float = 8.0,
 ) -> list:
     """The backdoor-type detectors (``BACKDOOR_DETECTORS``) that do not see an all-to-one backdoor. One joins
     when, in its most suspicious 1% or 5% of rows (those above its centre), some given label holds at least
     ``min_concentration`` x its share of the data (or 80% of the tail, when that is more than it can hold)
-    and that label is not favoured as a whole: the lower quartile of its rows' z is at most ``max_floor``
-    (STRIP keeps MNIST's 8s confident under blending; a stamped subgroup of up to about half its label
-    leaves the lower quartile ordinary). Other tails (a weak model's confident rows, ordinary outliers, a
-    favoured class) would only push real findings down."""
+    and the detector does not merely favour that label as a whole: a favoured label's rows sit high
+    together (their lower quartile z above 0, the data's median) with no separate group at the top (fewer
+    than half of its rows past ``z_flag`` reach ``z_cap``), as STRIP's MNIST 8s; stamped rows reach the cap
+    together. Other tails (a weak model's confident rows, ordinary outliers, a favoured class) would only
+    push real findings down."""
     n = len(labels)
     base = np.bincount(labels) / n
     left_out = []
@@ -192,7 +199,9 @@ def backdoor_gate(
             rows = rows[z[rows] > 0]
             share = np.bincount(labels[rows], minlength=len(base)) / max(len(rows), 1)
             for label in np.flatnonzero(share >= np.minimum(min_concentration * base, 0.8)):
-                if np.quantile(z[labels == label], 0.25) <= max_floor:
+                mine = z[labels == label]
+                separate = (mine >= z_cap).sum() >= 0.5 * max((mine >= z_flag).sum(), 1)
+                if np.quantile(mine, 0.25) <= 0 or separate:
                     joins = True
         if not joins:
             left_out.append(name)
@@ -205,7 +214,7 @@ def combine(
     """(combined statistic, rank with 1 = look first): the largest capped robust z over the detectors, ties
     broken by the sum of the squared positive capped z (see the module docstring). With ``labels``, the
     backdoor-type detectors that :func:`backdoor_gate` leaves out do not take part."""
-    left_out = backdoor_gate(scores, labels) if labels is not None else []
+    left_out = backdoor_gate(scores, labels, z_cap=z_cap) if labels is not None else []
     used = {name: values for name, values in scores.items() if name not in left_out}
     z = np.stack([np.minimum(evidence(name, values), z_cap) for name, values in used.items()])
     stat = z.max(0) + 1e-3 * (np.clip(z, 0, None) ** 2).sum(0)
@@ -410,7 +419,8 @@ def scan(
                 f"labelled {data.classes[labels[i]]} that out-of-fold models misread"
             )
 
-    left_out = backdoor_gate(scores, labels)  # gated once here; combine() gates itself only when given labels
+    # gated once here; combine() gates itself only when given labels
+    left_out = backdoor_gate(scores, labels, z_flag=z_flag, z_cap=z_cap)
     stat, rank = combine({name: v for name, v in scores.items() if name not in left_out}, z_cap)
     tails = {name: tail_probability(values) for name, values in scores.items()}
     text = []
