@@ -42,23 +42,25 @@ flips and far worse on BadNets (AUROC 0.79 against 0.98), the trigger being dilu
 detectors. No ground truth is read.
 
 Gate: a backdoor-type detector (trigger, shared patch, spectral signature, activation clustering, outlier)
-takes part in the combined rank only when its most suspicious 1% or 5% of rows (those above its centre, for
-the sparse shared patch) concentrate in one given label (at least 4x that label's share, or 80% of them) and
+takes part in the combined rank only when its most suspicious 5% of rows (those above its centre, for the
+sparse shared patch) concentrate in one given label (at least 4x that label's share, or 80% of them) and
 the detector does not merely favour that label as a whole (:func:`backdoor_gate`): an all-to-one backdoor
 labels its rows with the target, while a detector that sees no backdoor spreads its tail over the labels.
 On the CIFAR-10 subset, where the scan's model is weak, the tails of the model-based four outranked the
 label-noise detectors (combined AUROC on 10% flips 0.67 -> 0.79 with the gate; cleanlab 0.80). Added with
-the targeted and clean-label families of the benchmark (MNIST, 4,000 rows, offline on the stored scores):
-the favoured-label test (the label's lower quartile z above 0 and fewer than half of its rows past
-``z_flag`` at the cap): STRIP keeps MNIST's 8s confident under blending, so its tail sat in label 8 and
-pushed flips down (combined AUROC on 3% flips 0.986 -> 0.997, cleanlab 0.997; 3 -> 9 flips of 10% / 30%
-of the 3s 0.981 / 0.943 -> 0.991 / 0.977, cleanlab 0.980 / 0.972), while the digits' 0s, which STRIP
-favours too, keep the trigger check on a BadNets set targeting them (60 of their 81 rows past z_flag are
-at the cap); the 1% tail: BadNets at 1% of the rows hid in a 5% tail of natural 8s (0.977 -> 0.996); the
-80% clause: BadNets at 20% makes its target 30% of the data, so 4x its share is impossible (0.374 ->
-0.999). Rejected: a lower-quartile threshold alone (no value separates the 8s, 0.16-0.76, from the
-digits' 0s at 0.50 and BadNets at 20%, 0.46). An all-to-all backdoor would be gated out (its detectors'
-columns and flags stay; ``settings["left_out_of_combined"]`` names the detectors left out).
+the targeted and clean-label families of the benchmark (4,000 rows, on its stored scores): the
+favoured-label test (the label's lower quartile z above 0 and fewer than half of its rows past ``z_flag``
+at the cap): STRIP keeps MNIST's 8s confident under blending, so its tail sat in label 8 and pushed flips
+down (MNIST combined AUROC on 3% flips 0.986 -> 0.997, cleanlab 0.997; 3 -> 9 flips of 10% / 30% of the 3s
+0.981 / 0.943 -> 0.990 / 0.977, cleanlab 0.980 / 0.972), while the digits' 0s, which STRIP favours too,
+keep the trigger check on a BadNets set targeting them (60 of their 81 rows past z_flag are at the cap);
+the 80% clause: BadNets at 20% makes its target 30% of the data, so 4x its share is impossible (0.374 ->
+1.000). Rejected: a lower-quartile threshold alone (no value separates the 8s, 0.16-0.76, from the digits'
+0s at 0.50 and BadNets at 20%, 0.46); a second, 1% tail (it finds BadNets at 1% of the rows hidden in a 5%
+tail of natural 8s, 0.977 -> 0.996, recall in the first 1% flagged 0.17 -> 0.80, but on the CIFAR subset
+it lets chance concentrations of 40 rows in: 10% flips 0.790 -> 0.751, 3 -> 9 flips 0.804 -> 0.730). An
+all-to-all backdoor would be gated out (its detectors' columns and flags stay;
+``settings["left_out_of_combined"]`` names the detectors left out).
 
 Cap: 8 (it was 5). With the gate in place, a cap of 5 let rows that several detectors push to the cap
 outrank the trigger check's rows: on MNIST BadNets the first 1% of the combined rank held 1% of the poisons
@@ -179,7 +181,7 @@ def backdoor_gate(
     z_cap: float = 8.0,
 ) -> list:
     """The backdoor-type detectors (``BACKDOOR_DETECTORS``) that do not see an all-to-one backdoor. One joins
-    when, in its most suspicious 1% or 5% of rows (those above its centre), some given label holds at least
+    when, in its most suspicious 5% of rows (those above its centre), some given label holds at least
     ``min_concentration`` x its share of the data (or 80% of the tail, when that is more than it can hold)
     and the detector does not merely favour that label as a whole: a favoured label's rows sit high
     together (their lower quartile z above 0, the data's median) with no separate group at the top (fewer
@@ -193,16 +195,14 @@ def backdoor_gate(
         if name not in scores:
             continue
         z = evidence(name, scores[name])
+        rows = np.argsort(-z, kind="stable")[: max(1, round(0.05 * n))]
+        rows = rows[z[rows] > 0]
+        share = np.bincount(labels[rows], minlength=len(base)) / max(len(rows), 1)
         joins = False
-        for top in (0.01, 0.05):
-            rows = np.argsort(-z, kind="stable")[: max(1, round(top * n))]
-            rows = rows[z[rows] > 0]
-            share = np.bincount(labels[rows], minlength=len(base)) / max(len(rows), 1)
-            for label in np.flatnonzero(share >= np.minimum(min_concentration * base, 0.8)):
-                mine = z[labels == label]
-                separate = (mine >= z_cap).sum() >= 0.5 * max((mine >= z_flag).sum(), 1)
-                if np.quantile(mine, 0.25) <= 0 or separate:
-                    joins = True
+        for label in np.flatnonzero(share >= np.minimum(min_concentration * base, 0.8)):
+            mine = z[labels == label]
+            separate = (mine >= z_cap).sum() >= 0.5 * max((mine >= z_flag).sum(), 1)
+            joins = joins or np.quantile(mine, 0.25) <= 0 or separate
         if not joins:
             left_out.append(name)
     return left_out
