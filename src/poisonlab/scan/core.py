@@ -416,7 +416,7 @@ def scan(
         for i in np.flatnonzero(flags["shared_patch"]):
             reasons[i].append(
                 f"shares its 3x3 pixel window at ({at[i, 0]}, {at[i, 1]}) with {size[i] - 1} other rows "
-                f"labelled {data.classes[labels[i]]} that out-of-fold models misread"
+                f"labelled {data.classes[labels[i]]}, too many of them misread by out-of-fold models"
             )
 
     # gated once here; combine() gates itself only when given labels
