@@ -34,6 +34,11 @@ def test_rows_stamped_with_an_unlearned_patch_are_found_and_clean_rows_are_not(d
     flags = flagged(scores)
     assert truth[flags].mean() > 0.9 and flags[truth].mean() > 0.8  # precision and recall
     assert size[truth].max() >= truth.sum() * 0.8  # they share one window: the patch's
+    # the same images in another value range (here [-2, 0], as a pipeline's normalisation may give) are
+    # quantised over their own range: the same flags
+    shifted = (poisoned.data.x - 1.0) * 2.0
+    normalised, _, _ = shared_patch_scores(shifted, labels, predict(poisoned.data) != labels)
+    assert (flagged(normalised) == flags).all()
     # the same rows without the model's reading (as if every row were predicted right) are not suspicious:
     # a label shared by the rows of a window is not enough (digits' strokes share windows and labels)
     blind, _, _ = shared_patch_scores(poisoned.data.x, labels, np.zeros(len(labels), bool))

@@ -30,10 +30,10 @@ from tqdm.auto import tqdm
 
 
 def _window_keys(x: torch.Tensor, row: int, col: int, window: int, levels: int) -> torch.Tensor:
-    """(N, parts) int64 exact keys of the quantised window at (row, col): as many values as fit in 60 bits
-    per part."""
+    """(N, parts) int64 exact keys of the window at (row, col) of ``x`` scaled to [0, 1], quantised to
+    ``levels``: as many values as fit in 60 bits per part."""
     patch = x[:, :, row : row + window, col : col + window].reshape(len(x), -1)
-    q = (patch.clamp(0, 1) * (levels - 1)).round().long()
+    q = (patch * (levels - 1)).round().long()
     bits = max(1, int(levels - 1).bit_length())
     per = 60 // bits
     pad = (-q.shape[1]) % per
@@ -55,11 +55,13 @@ def shared_patch_scores(
     progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(score = -log10 of the corrected tail probability, clipped at 0; the window's (row, col) per row; the
-    size of its group) for images ``x`` (N, C, H, W) in [0, 1], given ``labels`` and whether a model that
+    size of its group) for images ``x`` (N, C, H, W), given ``labels`` and whether a model that
     did not train on the row predicts another class (``mispredicted``); groups of fewer than ``min_rows``
     rows with the label, or where the label holds less than ``min_share`` of the rows sharing the window
     (flipped rows sharing their true class's strokes), are not tested."""
     n, _, height, width = x.shape
+    lo, hi = float(x.min()), float(x.max())
+    x = (x - lo) / max(hi - lo, 1e-12)  # the data's own range: a normalised set quantises as a [0, 1] one
     labels = np.asarray(labels, dtype=np.int64)
     wrong = np.asarray(mispredicted, dtype=bool)
     classes = int(labels.max()) + 1
@@ -74,12 +76,11 @@ def shared_patch_scores(
         for c in range(width - window + 1):
             keys = _window_keys(x, r, c, window, levels)
             _, group = torch.unique(keys, dim=0, return_inverse=True)
-            pair = group.numpy() * classes + labels  # (group, label) of each row
-            _, pair_id, k = np.unique(pair, return_inverse=True, return_counts=True)
+            group = group.numpy()
+            pair = group * classes + labels  # (group, label) of each row
+            _, first, pair_id, k = np.unique(pair, return_index=True, return_inverse=True, return_counts=True)
             d = np.bincount(pair_id, weights=wrong)
-            first = np.zeros(len(k), dtype=np.int64)
-            first[pair_id[::-1]] = np.arange(n)[::-1]  # a row of each pair, for its label and group
-            group_size = np.bincount(group.numpy())[group.numpy()[first]]
+            group_size = np.bincount(group)[group[first]]  # rows sharing the window, whatever their label
             big = (k >= min_rows) & (k >= min_share * group_size)
             tested += int(big.sum())
             if not big.any():
