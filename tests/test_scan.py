@@ -144,3 +144,18 @@ def test_scan_table_round_trips_through_csv(planted, tmp_path):
     assert [int(r["rank"]) for r in rows] == result.rank.tolist()
     assert rows[5]["label"] == result.classes[result.labels[5]]
     assert float(rows[5]["label_quality_score"]) == pytest.approx(result.scores["label_quality"][5])
+
+
+def test_a_duplicate_carrying_another_label_comes_first_whatever_the_similarity_spread():
+    """A near duplicate with a different label is a finding of its own: its robust z among natural
+    similarities (digits: ~2 at an exact copy) would rank it below every doubtful label."""
+    rng = np.random.default_rng(2)
+    n = 1000
+    quality = rng.uniform(0.0, 0.6, n)
+    quality[10:60] = rng.uniform(0.9, 0.99, 50)  # 50 rows whose label the model doubts
+    similarity = np.clip(rng.normal(0.93, 0.03, n), 0, 0.985)
+    similarity[:5] = 1.0  # five exact copies of rows with another label
+    _, rank = combine({"label_quality": quality, "duplicate": similarity})
+    assert (rank[:5] <= 5).all()
+    _, rank = combine({"label_quality": quality, "duplicate": similarity}, near_duplicate=1.01)
+    assert (rank[:5] > 50).all()  # no longer near enough: no evidence

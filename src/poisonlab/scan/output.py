@@ -102,7 +102,8 @@ def report_html(result: Scan, images: np.ndarray, source: str, truth: np.ndarray
     names = list(result.scores)
     fig, axes = plt.subplots(1, len(names), figsize=(2.2 * len(names), 2.2))
     for ax, name in zip(np.atleast_1d(axes), names):
-        z = evidence(name, result.scores[name])
+        values = result.scores[name]  # the duplicate column's evidence is all or nothing: its similarity
+        z = values if name == "duplicate" else evidence(name, values)
         if truth is None:
             ax.hist(z, bins=40, color="#4a6fa5")
         else:
