@@ -77,6 +77,7 @@ against the trigger check's 20%; at 8: 20%, AUROC 0.981 -> 0.999 (digits 5% flip
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -333,6 +334,14 @@ def scan(
             f"scan: k = {k} neighbours, but a fold's model trains on only {n - n // folds} rows"
         )
 
+    seconds: dict[str, float] = {}  # wall time of each stage, in settings["seconds"]
+    clock = [time.perf_counter()]
+
+    def lap(stage: str) -> None:
+        now = time.perf_counter()
+        seconds[stage] = round(seconds.get(stage, 0.0) + now - clock[0], 2)
+        clock[0] = now
+
     steps = folds + 1
     bar = tqdm(total=steps, desc="scan: models", disable=not progress)
     fold = stratified_folds(data.y, folds, seed)
@@ -346,6 +355,7 @@ def scan(
         net = build_model(model, data.input_shape, c, seed=seed + 1 + f)
         net = train(net, data.subset(outside), config, seed=seed + 1 + f).model
         p, feats = _predict(net, data.x)
+        lap("fold models")
         probs[inside] = p[inside]
         if "knn_label" in detectors:
             _, near = _nearest(feats[inside], feats[outside], k, exclude_self=False)
@@ -356,6 +366,7 @@ def scan(
             spectral[rows] = _per_class_scaled(spectral_scores(feats[inside], data.y[inside]), labels[rows])
         if "activation_clustering" in detectors:
             clusters[rows] = cluster_scores(feats[inside].numpy(), labels[rows], seed=seed)
+        lap("fold detectors")
         bar.update()
 
     full = build_model(model, data.input_shape, c, seed=seed)
@@ -369,6 +380,7 @@ def scan(
     bar.close()
     full_probs, full_feats = _predict(full, data.x)
     loss = -torch.log(full_probs[torch.arange(n), data.y].clamp_min(1e-12)).numpy()
+    lap("full model")
 
     scores: dict[str, np.ndarray] = {}
     flags: dict[str, np.ndarray] = {}
@@ -388,6 +400,7 @@ def scan(
         scores["knn_label"], flags["knn_label"] = margin, margin > 0
         for i in np.flatnonzero(margin > 0):
             reasons[i].append(f"its {k} nearest rows (out-of-fold features) mostly carry another label")
+    lap("label detectors")
     if "self_influence" in detectors:
         if run is not None:
             checkpoints = run.checkpoints
@@ -399,6 +412,7 @@ def scan(
             ]
         influence = TracInCP(full, checkpoints).self_influence(data).double().numpy()
         _robust("self_influence", influence, "high self-influence", scores, flags, reasons, z_flag)
+        lap("self_influence")
     if "spectral" in detectors:
         _robust("spectral", spectral, "outlying along its class's top singular direction", scores, flags,
                 reasons, z_flag)  # fmt: skip
@@ -410,12 +424,14 @@ def scan(
     if "outlier" in detectors:
         dist, _ = _nearest(full_feats, full_feats, k, exclude_self=True)
         _robust("outlier", dist.mean(1).numpy(), "far from every other row", scores, flags, reasons, z_flag)
+        lap("outlier")
     if "duplicate" in detectors:
         sim, other = _conflicting_duplicates(data)
         scores["duplicate"], flags["duplicate"] = sim, sim >= near_duplicate
         for i in np.flatnonzero(sim >= near_duplicate):
             kind = "exact" if sim[i] >= 1 - 1e-9 else f"near (cosine {sim[i]:.3f})"
             reasons[i].append(f"{kind} duplicate of row {other[i]} labelled {data.classes[labels[other[i]]]}")
+        lap("duplicate")
     if "trigger" in detectors:
         generator = torch.Generator().manual_seed(seed)
         pool = data.x[torch.randperm(n, generator=generator)[: min(n, 2000)]]
@@ -423,6 +439,7 @@ def scan(
         survives = -np.log(entropy + 1e-6)
         _robust("trigger", survives, "prediction survives blending with other images", scores, flags,
                 reasons, z_flag)  # fmt: skip
+        lap("trigger")
 
     if "shared_patch" in detectors and data.x.ndim == 4 and min(data.x.shape[2:]) >= 3:
         patch, at, size = shared_patch_scores(data.x, labels, p.argmax(1) != labels, progress=progress)
@@ -433,11 +450,13 @@ def scan(
                 f"shares its 3x3 pixel window at ({at[i, 0]}, {at[i, 1]}) with {size[i] - 1} other rows "
                 f"labelled {data.classes[labels[i]]}, too many of them misread by out-of-fold models"
             )
+        lap("shared_patch")
 
     if "residual_spectral" in detectors and data.x.ndim == 4 and min(data.x.shape[2:]) >= 3:
         residual = residual_spectral_scores(data.x, data.y)
         reason = "its fine pixel detail lines up with a pattern rows of its label share (a trigger?)"
         _robust("residual_spectral", residual, reason, scores, flags, reasons, z_flag)
+        lap("residual_spectral")
 
     # gated once here; combine() gates itself only when given labels
     left_out = backdoor_gate(scores, labels, z_flag=z_flag, z_cap=z_cap)
@@ -451,12 +470,13 @@ def scan(
         else:
             name = min(tails, key=lambda d: tails[d][i])
             text.append(f"no flag; highest by {name} (top {100 * tails[name][i]:.1f}%)")
+    lap("combination and reasons")
     return Scan(
         labels=labels, suggested=suggested, scores=scores, flags=flags, combined=stat, rank=rank,
         reasons=text, classes=data.classes, baseline={"loss": loss}, out_of_fold=p,
         settings={"model": model, "folds": folds, "k": k, "seed": seed, "z_flag": z_flag, "z_cap": z_cap,
                   "overlays": overlays, "near_duplicate": near_duplicate, "epochs": config.epochs,
-                  "user_weights": weights is not None, "left_out_of_combined": left_out},
+                  "user_weights": weights is not None, "left_out_of_combined": left_out, "seconds": seconds},
     )  # fmt: skip
 
 
