@@ -253,7 +253,7 @@ def stratified_folds(labels: torch.Tensor, folds: int, seed: int) -> torch.Tenso
 
 
 @torch.no_grad()
-def _predict(model, x: torch.Tensor, batch: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+def _predict(model, x: torch.Tensor, batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """(softmax probabilities, penultimate features) of every row, on the model's device, back on CPU."""
     model.eval()
     device = next(model.parameters()).device
